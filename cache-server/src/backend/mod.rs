@@ -1,0 +1,178 @@
+//! Storage tiers behind one byte-oriented trait.
+//!
+//! A backend stores encoded envelopes (see [`crate::codec`]) under rendered keys (see [`crate::keys`]) with a
+//! per-entry expiry; serialization, compression and key layout stay outside, so every backend stays dumb.
+//! [`Memory`] is the in-process tier, [`Redis`] the shared primary tier, and [`Tiered`] composes them: Redis
+//! while it is healthy, memory while it is not, with invalidations remembered across the outage.
+
+mod memory;
+
+pub use memory::{Memory, MemoryOptions};
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::keys::{Key, Selector};
+
+/// Which tier a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierKind {
+    /// The in-process memory tier.
+    Memory,
+    /// Redis.
+    Redis,
+}
+
+/// A stored value found by a Get.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// The encoded envelope.
+    pub envelope: Bytes,
+    /// Reads of the entry so far, including this one.
+    pub access_count: u64,
+    /// Unix ms of the previous read (0 if this is the first).
+    pub previous_access_ms: u64,
+    /// Which tier answered.
+    pub tier: TierKind,
+    /// Whether the answer comes from the memory fallback during a Redis outage.
+    pub fallback: bool,
+}
+
+/// What an Invalidate removes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One entry.
+    Key(Key),
+    /// Every entry matching the selector.
+    Selector(Selector),
+    /// Every entry whose full storage key matches this glob (already anchored under the keyspace).
+    Pattern(String),
+    /// Every entry of this service.
+    All,
+}
+
+/// Point-in-time figures a backend reports for the Metrics RPC.
+#[derive(Debug, Clone, Default)]
+pub struct BackendStats {
+    /// Entries in the memory tier.
+    pub memory_entries: u64,
+    /// Bytes held by the memory tier.
+    pub memory_bytes: u64,
+    /// Capacity of the memory tier, in bytes.
+    pub memory_capacity: u64,
+    /// Values the memory tier refused because they could never fit.
+    pub memory_rejected: u64,
+    /// Whether Redis is reachable (false without Redis).
+    pub redis_connected: bool,
+    /// Redis `used_memory`, 0 when unknown.
+    pub redis_memory_bytes: u64,
+    /// Entries of this service in Redis (estimate from the index sets), when Redis is used.
+    pub redis_entries: Option<u64>,
+    /// Whether the memory fallback is serving because Redis is unreachable.
+    pub fallback_active: bool,
+    /// Calls the memory fallback answered during outages.
+    pub fallback_served: u64,
+    /// Invalidations replayed to Redis after an outage.
+    pub invalidations_replayed: u64,
+}
+
+/// Why a backend could not serve a call.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The tier cannot be reached (connection refused or lost). Retryable.
+    #[error("{tier} is unavailable: {reason}")]
+    Unavailable {
+        /// The tier.
+        tier: &'static str,
+        /// What happened (no secrets).
+        reason: String,
+    },
+    /// The tier did not answer within its budget. Retryable.
+    #[error("{tier} did not answer within {budget:?}")]
+    Timeout {
+        /// The tier.
+        tier: &'static str,
+        /// The budget that ran out.
+        budget: Duration,
+    },
+    /// The value can never be stored by this tier (larger than it can hold).
+    #[error("value of {size} bytes is larger than the {tier} tier can hold ({limit} bytes)")]
+    TooLarge {
+        /// The tier.
+        tier: &'static str,
+        /// The value's stored size.
+        size: u64,
+        /// The largest it can hold.
+        limit: u64,
+    },
+    /// The tier is out of memory or otherwise refused the write.
+    #[error("{tier} refused the write: {reason}")]
+    Refused {
+        /// The tier.
+        tier: &'static str,
+        /// Its message.
+        reason: String,
+    },
+    /// Anything else (a bug or an unexpected reply).
+    #[error("{tier} failed: {reason}")]
+    Internal {
+        /// The tier.
+        tier: &'static str,
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl BackendError {
+    /// Whether the tiered backend may answer from the fallback instead.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
+    }
+}
+
+/// A byte store with per-entry expiry and invalidation by key, selector, pattern and all.
+#[async_trait]
+pub trait Backend: fmt::Debug + Send + Sync + 'static {
+    /// Returns the envelope stored under `key`, or `None` if absent or expired; counts the access.
+    async fn get(&self, key: &Key) -> Result<Option<Hit>, BackendError>;
+
+    /// Stores an envelope for `ttl`. With `only_if_absent`, stores only if no current entry exists and
+    /// returns whether it stored.
+    async fn set(
+        &self,
+        key: &Key,
+        envelope: Bytes,
+        ttl: Duration,
+        only_if_absent: bool,
+    ) -> Result<bool, BackendError>;
+
+    /// Removes what `target` names; returns how many entries were removed.
+    async fn invalidate(&self, target: &Target) -> Result<u64, BackendError>;
+
+    /// Current figures for the Metrics RPC (cheap: costly figures are refreshed in the background).
+    fn stats(&self) -> BackendStats;
+
+    /// Refreshes costly figures (Redis INFO and the like); called by a background task.
+    async fn refresh_stats(&self) {}
+
+    /// Removes expired entries eagerly (memory tier); called by a background task.
+    fn sweep_expired(&self) {}
+
+    /// Whether the backend can serve calls now (feeds the health service).
+    fn is_serving(&self) -> bool {
+        true
+    }
+
+    /// Releases connections on shutdown.
+    async fn close(&self) {}
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

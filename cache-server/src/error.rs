@@ -1,0 +1,114 @@
+//! The service's error type and its one mapping to gRPC status codes.
+//!
+//! | error | code | retry? |
+//! | --- | --- | --- |
+//! | invalid field, value too large, bad TTL | `INVALID_ARGUMENT` | no |
+//! | backend unavailable or over its command budget (no tier could serve) | `UNAVAILABLE` | yes |
+//! | backend out of memory / value larger than a tier can hold | `RESOURCE_EXHAUSTED` | later |
+//! | bug or unexpected reply | `INTERNAL` | no |
+//!
+//! A miss is not an error, and a stored value that fails to decode is counted and served as a miss.
+
+use tonic::{Code, Status};
+
+use crate::backend::BackendError;
+use crate::keys::InvalidField;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// A request field is invalid.
+    #[error(transparent)]
+    InvalidArgument(#[from] InvalidField),
+    /// The storage tier failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// An internal failure (e.g. a panicked compression task).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CacheError {
+    /// The gRPC code for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::Backend(BackendError::Unavailable { .. } | BackendError::Timeout { .. }) => {
+                Code::Unavailable
+            }
+            Self::Backend(BackendError::TooLarge { .. } | BackendError::Refused { .. }) => {
+                Code::ResourceExhausted
+            }
+            Self::Backend(BackendError::Internal { .. }) | Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<CacheError> for Status {
+    fn from(err: CacheError) -> Status {
+        let code = err.code();
+        match code {
+            Code::InvalidArgument => tracing::debug!(error = %err, "rejected invalid request"),
+            Code::Internal => tracing::error!(error = %err, "internal error"),
+            _ => tracing::warn!(error = %err, "backend failure"),
+        }
+        Status::new(code, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn maps_each_kind_to_its_code() {
+        let cases = [
+            (
+                CacheError::from(InvalidField::new("key.id", "must not be empty")),
+                Code::InvalidArgument,
+            ),
+            (
+                BackendError::Unavailable {
+                    tier: "redis",
+                    reason: "refused".into(),
+                }
+                .into(),
+                Code::Unavailable,
+            ),
+            (
+                BackendError::Timeout {
+                    tier: "redis",
+                    budget: Duration::from_millis(250),
+                }
+                .into(),
+                Code::Unavailable,
+            ),
+            (
+                BackendError::Refused {
+                    tier: "redis",
+                    reason: "OOM".into(),
+                }
+                .into(),
+                Code::ResourceExhausted,
+            ),
+            (
+                BackendError::Internal {
+                    tier: "redis",
+                    reason: "bad reply".into(),
+                }
+                .into(),
+                Code::Internal,
+            ),
+        ];
+        for (err, code) in cases {
+            let status = Status::from(err);
+            assert_eq!(status.code(), code);
+        }
+        let status = Status::from(CacheError::from(InvalidField::new(
+            "key.id",
+            "must not be empty",
+        )));
+        assert_eq!(status.message(), "key.id: must not be empty");
+    }
+}

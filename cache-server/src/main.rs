@@ -1,0 +1,87 @@
+//! `cache-server`: parses flags, loads the config, installs logging and runs the server until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cache_server::config::{Config, Settings};
+use clap::Parser;
+
+/// gRPC cache service (cache.v1.CacheService) with Redis and an in-memory fallback tier.
+///
+/// Every setting can also come from the environment (names in brackets) or a TOML file (--config or
+/// CACHE_CONFIG); precedence is defaults < file < env < flags.
+#[derive(Debug, Parser)]
+#[command(name = "cache-server", version, about, long_about)]
+struct Cli {
+    /// TOML config file [env: CACHE_CONFIG]
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let config = match Config::load(cli.settings, cli.config, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cache-server: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    cache_server::telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cache-server: failed to start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "cache-server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    tracing::info!(
+        listen = %config.listen,
+        mode = config.backend.as_str(),
+        redis = %config.redis.display_target(),
+        memory_capacity_mb = config.memory_capacity_bytes >> 20,
+        max_value_bytes = config.max_value_bytes,
+        "starting cache-server"
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", config.listen))?;
+    cache_server::run(config, listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

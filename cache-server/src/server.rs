@@ -1,0 +1,175 @@
+//! Wiring: builds the backend for the configured mode, serves `cache.v1.CacheService`, `grpc.health.v1.Health`
+//! and reflection (v1 and v1alpha) on a listener, runs the background tasks, and shuts down in order:
+//! health NOT_SERVING, stop accepting, drain in-flight calls within the grace period, stop tasks, close Redis.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cache_proto::pb;
+use cache_proto::pb::cache_service_server::CacheServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::Server;
+
+use crate::backend::{Backend, Memory, MemoryOptions};
+use crate::config::{BackendMode, Config};
+use crate::metrics::Metrics;
+use crate::service::CacheService;
+
+/// Bytes allowed in a gRPC message beyond the largest value (key, metadata, framing).
+pub const MESSAGE_OVERHEAD_BYTES: usize = 1 << 20;
+
+/// Builds the storage backend for the configured mode.
+pub fn build_backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+    let memory = Memory::new(MemoryOptions {
+        capacity_bytes: config.memory_capacity_bytes,
+        max_item_bytes: config.max_value_bytes + MESSAGE_OVERHEAD_BYTES as u64,
+    });
+    match config.backend {
+        BackendMode::Memory => Ok(Arc::new(memory)),
+        mode => anyhow::bail!(
+            "backend mode {} is not available in this build",
+            mode.as_str()
+        ),
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains within `config.shutdown_grace`.
+///
+/// # Errors
+/// Fails if the backend cannot be built or the server cannot serve on `listener`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let backend = build_backend(&config)?;
+    let metrics = Arc::new(Metrics::default());
+    let service = CacheService::new(config.clone(), backend.clone(), metrics);
+    let max_message = config.max_value_bytes as usize + MESSAGE_OVERHEAD_BYTES;
+    let cache_server = CacheServiceServer::new(service)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let tasks = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    spawn_background(&tasks, &cancel, &config, backend.clone(), health.clone());
+
+    set_serving(&health, backend.is_serving()).await;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, mode = config.backend.as_str(), "serving cache.v1.CacheService");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let serve = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(1024))
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_max_local_error_reset_streams(Some(1024))
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(cache_server)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(serve);
+
+    tokio::select! {
+        result = &mut serve => result?,
+        () = shutdown => {
+            tracing::info!("shutdown requested: health NOT_SERVING, draining in-flight calls");
+            health.set_not_serving::<CacheServiceServer<CacheService>>().await;
+            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
+                Ok(result) => result?,
+                Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period expired with calls in flight"),
+            }
+        }
+    }
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    backend.close().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn set_serving(health: &tonic_health::server::HealthReporter, serving: bool) {
+    if serving {
+        health
+            .set_serving::<CacheServiceServer<CacheService>>()
+            .await;
+    } else {
+        health
+            .set_not_serving::<CacheServiceServer<CacheService>>()
+            .await;
+    }
+}
+
+fn spawn_background(
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+    config: &Config,
+    backend: Arc<dyn Backend>,
+    health: tonic_health::server::HealthReporter,
+) {
+    let (sweep_every, refresh_every) = (config.sweep_interval, config.metrics_refresh_interval);
+    let (b, c) = (backend.clone(), cancel.clone());
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(sweep_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let b = b.clone();
+                    let _ = tokio::task::spawn_blocking(move || b.sweep_expired()).await;
+                }
+                () = c.cancelled() => break,
+            }
+        }
+    });
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(refresh_every.min(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_serving = None;
+        let mut since_refresh = Duration::MAX;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let serving = backend.is_serving();
+                    if last_serving != Some(serving) {
+                        set_serving(&health, serving).await;
+                        last_serving = Some(serving);
+                    }
+                    if since_refresh >= refresh_every {
+                        backend.refresh_stats().await;
+                        since_refresh = Duration::ZERO;
+                    }
+                    since_refresh = since_refresh.saturating_add(Duration::from_secs(1).min(refresh_every));
+                }
+                () = c.cancelled() => break,
+            }
+        }
+    });
+}

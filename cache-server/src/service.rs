@@ -1,0 +1,633 @@
+//! The `cache.v1.CacheService` handlers: validate → codec → backend → reply.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cache_proto::pb;
+use tonic::{Request, Response, Status};
+
+use crate::backend::{Backend, Hit, Target, TierKind, now_ms};
+use crate::codec::{self, Codec, CompressionPolicy, CompressionRequest, Header};
+use crate::config::{BackendMode, Config};
+use crate::error::CacheError;
+use crate::keys::{InvalidField, Key, Keyspace, options_struct};
+use crate::metrics::{self, Metrics};
+
+/// Most requests accepted in one GetMany / SetMany.
+pub const MAX_BATCH: usize = 1000;
+/// Longest content type accepted.
+pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
+/// Longest model hash accepted.
+pub const MAX_MODEL_HASH_BYTES: usize = 512;
+/// Most metadata pairs accepted per entry.
+pub const MAX_METADATA_PAIRS: usize = 64;
+/// Most metadata bytes (keys + values) accepted per entry.
+pub const MAX_METADATA_BYTES: usize = 16 << 10;
+/// Stored payloads at least this large are decompressed on the blocking pool.
+const OFFLOAD_DECOMPRESS_BYTES: usize = 256 << 10;
+
+/// The gRPC service: cheap to clone, shared state behind an `Arc`.
+#[derive(Debug, Clone)]
+pub struct CacheService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    keyspace: Keyspace,
+    backend: Arc<dyn Backend>,
+    config: Config,
+    policy: CompressionPolicy,
+    metrics: Arc<Metrics>,
+}
+
+/// A validated Set, ready to encode.
+struct SetPlan {
+    key: Key,
+    value: Bytes,
+    ttl: Duration,
+    request: CompressionRequest,
+    header: Header,
+    only_if_absent: bool,
+}
+
+impl CacheService {
+    /// Builds the service over a backend.
+    pub fn new(config: Config, backend: Arc<dyn Backend>, metrics: Arc<Metrics>) -> Self {
+        let policy = CompressionPolicy {
+            threshold_bytes: config.compression_threshold_bytes,
+            max_value_bytes: config.max_value_bytes,
+            ..CompressionPolicy::default()
+        };
+        let keyspace = Keyspace::new(&config.prefix, &config.namespace);
+        Self {
+            inner: Arc::new(Inner {
+                keyspace,
+                backend,
+                config,
+                policy,
+                metrics,
+            }),
+        }
+    }
+
+    /// The counters this service updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    fn fail(&self, err: CacheError) -> Status {
+        let status = Status::from(err);
+        self.inner.metrics.record_error(status.code());
+        status
+    }
+}
+
+impl Inner {
+    fn validate_set(&self, req: pb::SetRequest, field: &str) -> Result<SetPlan, InvalidField> {
+        let path = |name: &str| {
+            if field.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{field}.{name}")
+            }
+        };
+        let key = self.keyspace.key(req.key.as_ref(), &path("key"))?;
+        let max = self.config.max_value_bytes;
+        if req.value.len() as u64 > max {
+            return Err(InvalidField::new(
+                path("value"),
+                format!(
+                    "is {} bytes, more than the maximum of {max} bytes",
+                    req.value.len()
+                ),
+            ));
+        }
+        let ttl = match req.ttl_seconds {
+            0 => self.config.default_ttl(key.tags.cache_type),
+            s => Duration::from_secs(u64::from(s)),
+        };
+        if ttl > self.config.max_ttl {
+            return Err(InvalidField::new(
+                path("ttl_seconds"),
+                format!(
+                    "is more than the maximum of {} seconds",
+                    self.config.max_ttl.as_secs()
+                ),
+            ));
+        }
+        let request = match pb::Compression::try_from(req.compression) {
+            Ok(pb::Compression::Auto) => CompressionRequest::Auto,
+            Ok(pb::Compression::None) => CompressionRequest::None,
+            Ok(pb::Compression::Gzip) => CompressionRequest::Gzip,
+            Ok(pb::Compression::Zstd) => CompressionRequest::Zstd,
+            Err(_) => {
+                return Err(InvalidField::new(
+                    path("compression"),
+                    format!("{} is not a known compression", req.compression),
+                ));
+            }
+        };
+        check_text(
+            &req.content_type,
+            MAX_CONTENT_TYPE_BYTES,
+            &path("content_type"),
+        )?;
+        check_text(&req.model_hash, MAX_MODEL_HASH_BYTES, &path("model_hash"))?;
+        if req.metadata.len() > MAX_METADATA_PAIRS {
+            return Err(InvalidField::new(
+                path("metadata"),
+                format!(
+                    "has {} pairs, more than {MAX_METADATA_PAIRS}",
+                    req.metadata.len()
+                ),
+            ));
+        }
+        let metadata_bytes: usize = req.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if metadata_bytes > MAX_METADATA_BYTES {
+            return Err(InvalidField::new(
+                path("metadata"),
+                format!("is {metadata_bytes} bytes, more than {MAX_METADATA_BYTES}"),
+            ));
+        }
+        let mut metadata: Vec<(String, String)> = req.metadata.into_iter().collect();
+        metadata.sort_unstable();
+        let now = now_ms();
+        let header = Header {
+            created_at_ms: now,
+            expires_at_ms: now + ttl.as_millis() as u64,
+            size_bytes: req.value.len() as u64,
+            content_type: req.content_type,
+            model_hash: req.model_hash,
+            metadata,
+            export_options_json: key.options_json.clone(),
+        };
+        Ok(SetPlan {
+            key,
+            value: req.value,
+            ttl,
+            request,
+            header,
+            only_if_absent: req.only_if_absent,
+        })
+    }
+
+    async fn set(&self, plan: SetPlan) -> Result<pb::SetResponse, CacheError> {
+        let SetPlan {
+            key,
+            value,
+            ttl,
+            request,
+            header,
+            only_if_absent,
+        } = plan;
+        let size = value.len() as u64;
+        let (codec, stored) = if codec::should_offload(value.len(), request, &self.policy) {
+            let policy = self.policy;
+            let value = value.clone();
+            tokio::task::spawn_blocking(move || codec::compress(&value, request, &policy))
+                .await
+                .map_err(|e| CacheError::Internal(format!("compression task failed: {e}")))?
+        } else {
+            codec::compress(&value, request, &self.policy)
+        };
+        let stored_len = stored.len() as u64;
+        let envelope = codec::encode(&header, codec, &stored);
+        drop(stored);
+        let stored_flag = self
+            .backend
+            .set(&key, envelope, ttl, only_if_absent)
+            .await?;
+        if !stored_flag {
+            return Ok(pb::SetResponse {
+                stored: false,
+                entry: None,
+            });
+        }
+        self.metrics
+            .record_set(key.tags.cache_type, size, stored_len);
+        let entry = entry_message(&key, &header, codec, stored_len, None);
+        Ok(pb::SetResponse {
+            stored: true,
+            entry: Some(entry),
+        })
+    }
+
+    async fn get(&self, req: &pb::GetRequest, field: &str) -> Result<pb::GetResponse, CacheError> {
+        let path = if field.is_empty() {
+            "key".to_owned()
+        } else {
+            format!("{field}.key")
+        };
+        let key = self.keyspace.key(req.key.as_ref(), &path)?;
+        let hit = self.backend.get(&key).await?;
+        let cache_type = key.tags.cache_type;
+        let Some(hit) = hit else {
+            self.metrics.record_get(cache_type, false);
+            return Ok(pb::GetResponse::default());
+        };
+        let envelope = match codec::decode(hit.envelope.clone()) {
+            Ok(e) => e,
+            Err(err) => {
+                self.metrics.corrupt.fetch_add(1, Relaxed);
+                self.metrics.record_get(cache_type, false);
+                tracing::warn!(error = %err, cache_type = cache_type.label(), "stored value failed to decode; served as a miss");
+                return Ok(pb::GetResponse::default());
+            }
+        };
+        if !req.model_hash.is_empty() && envelope.header.model_hash != req.model_hash {
+            self.metrics.record_get(cache_type, false);
+            return Ok(pb::GetResponse::default());
+        }
+        let value = if req.metadata_only {
+            Bytes::new()
+        } else {
+            match self.decompress(&envelope).await {
+                Ok(v) => v,
+                Err(err) => {
+                    self.metrics.corrupt.fetch_add(1, Relaxed);
+                    self.metrics.record_get(cache_type, false);
+                    tracing::warn!(error = %err, cache_type = cache_type.label(), "stored value failed to decompress; served as a miss");
+                    return Ok(pb::GetResponse::default());
+                }
+            }
+        };
+        self.metrics.record_get(cache_type, true);
+        let entry = entry_message(
+            &key,
+            &envelope.header,
+            envelope.codec,
+            envelope.payload.len() as u64,
+            Some(&hit),
+        );
+        Ok(pb::GetResponse {
+            found: true,
+            value,
+            entry: Some(entry),
+        })
+    }
+
+    async fn decompress(&self, envelope: &codec::Envelope) -> Result<Bytes, CacheError> {
+        let size = envelope.header.size_bytes;
+        let result = if envelope.codec != Codec::None
+            && envelope.payload.len() >= OFFLOAD_DECOMPRESS_BYTES
+        {
+            let (c, payload, policy) = (envelope.codec, envelope.payload.clone(), self.policy);
+            tokio::task::spawn_blocking(move || codec::decompress(c, &payload, size, &policy))
+                .await
+                .map_err(|e| CacheError::Internal(format!("decompression task failed: {e}")))?
+        } else {
+            codec::decompress(envelope.codec, &envelope.payload, size, &self.policy)
+        };
+        result.map_err(|e| CacheError::Internal(e.to_string()))
+    }
+
+    async fn invalidate(&self, req: pb::InvalidateRequest) -> Result<u64, CacheError> {
+        use pb::invalidate_request::Target as T;
+        let target = match req.target {
+            Some(T::Key(k)) => Target::Key(self.keyspace.key(Some(&k), "key")?),
+            Some(T::Selector(s)) => Target::Selector(self.keyspace.selector(&s, "selector")?),
+            Some(T::Pattern(p)) => Target::Pattern(self.keyspace.pattern(&p, "pattern")?),
+            Some(T::All(true)) => Target::All,
+            Some(T::All(false)) => {
+                return Err(
+                    InvalidField::new("all", "must be true to invalidate everything").into(),
+                );
+            }
+            None => {
+                return Err(InvalidField::new(
+                    "target",
+                    "one of key, selector, pattern or all is required",
+                )
+                .into());
+            }
+        };
+        let removed = self.backend.invalidate(&target).await?;
+        self.metrics.invalidated.fetch_add(removed, Relaxed);
+        let per_type = match &target {
+            Target::Key(k) => Some(k.tags.cache_type),
+            Target::Selector(s) => s.cache_type,
+            _ => None,
+        };
+        if let Some(t) = per_type {
+            self.metrics.of(t).invalidations.fetch_add(removed, Relaxed);
+        }
+        tracing::info!(target = target_label(&target), removed, "invalidated");
+        Ok(removed)
+    }
+
+    fn metrics_response(&self) -> pb::MetricsResponse {
+        let m = &self.metrics;
+        let stats = self.backend.stats();
+        let (hits, misses) = m.hits_misses();
+        let handled = m.handled.load(Relaxed);
+        let logical = m.logical_bytes.load(Relaxed);
+        let stored = m.stored_bytes.load(Relaxed);
+        let memory_mode = self.config.backend == BackendMode::Memory;
+        let total_entries = if memory_mode {
+            stats.memory_entries
+        } else {
+            stats.redis_entries.unwrap_or(stats.memory_entries)
+        };
+        let total_size_bytes = if memory_mode {
+            stats.memory_bytes
+        } else {
+            logical
+        };
+        let by_type = crate::keys::CacheType::ALL
+            .iter()
+            .filter_map(|&t| {
+                let c = m.of(t);
+                let row = pb::TypeMetrics {
+                    r#type: t.to_proto() as i32,
+                    hits: c.hits.load(Relaxed),
+                    misses: c.misses.load(Relaxed),
+                    sets: c.sets.load(Relaxed),
+                    invalidations: c.invalidations.load(Relaxed),
+                    bytes_set: c.bytes_set.load(Relaxed),
+                };
+                (row.hits + row.misses + row.sets + row.invalidations > 0).then_some(row)
+            })
+            .collect();
+        let errors_by_code: HashMap<String, u64> = m
+            .errors
+            .iter()
+            .enumerate()
+            .filter_map(|(code, n)| {
+                let n = n.load(Relaxed);
+                (n > 0).then(|| (code_name(tonic::Code::from_i32(code as i32)).to_owned(), n))
+            })
+            .collect();
+        pb::MetricsResponse {
+            metrics: Some(pb::CacheMetrics {
+                total_entries,
+                total_size_bytes,
+                hit_count: hits,
+                miss_count: misses,
+                hit_rate: if hits + misses == 0 {
+                    0.0
+                } else {
+                    hits as f64 / (hits + misses) as f64
+                },
+                avg_response_time_ms: if handled == 0 {
+                    0.0
+                } else {
+                    m.handle_micros.load(Relaxed) as f64 / handled as f64 / 1000.0
+                },
+                compression_ratio: if stored == 0 {
+                    1.0
+                } else {
+                    logical as f64 / stored as f64
+                },
+                memory_usage_mb: metrics::resident_bytes() as f64 / (1024.0 * 1024.0),
+                last_updated: Some(timestamp(now_ms())),
+                redis_connected: stats.redis_connected,
+                memory_cache_size: stats.memory_bytes,
+                redis_memory_usage: stats.redis_memory_bytes,
+                memory_cache_entries: stats.memory_entries,
+                memory_cache_capacity: stats.memory_capacity,
+            }),
+            mode: self.config.backend.as_str().to_owned(),
+            uptime_seconds: m.uptime().as_secs(),
+            by_type,
+            corrupt_entries: m.corrupt.load(Relaxed),
+            fallback_active: stats.fallback_active,
+            fallback_served: stats.fallback_served,
+            invalidations_replayed: stats.invalidations_replayed,
+            compression_saved_bytes: logical.saturating_sub(stored),
+            memory_rejected: stats.memory_rejected,
+            set_count: m.by_type.iter().map(|c| c.sets.load(Relaxed)).sum(),
+            invalidated_count: m.invalidated.load(Relaxed),
+            errors_by_code,
+        }
+    }
+}
+
+fn check_text(value: &str, max: usize, field: &str) -> Result<(), InvalidField> {
+    if value.len() > max {
+        return Err(InvalidField::new(
+            field,
+            format!("is {} bytes, more than {max}", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(InvalidField::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn target_label(target: &Target) -> &'static str {
+    match target {
+        Target::Key(_) => "key",
+        Target::Selector(_) => "selector",
+        Target::Pattern(_) => "pattern",
+        Target::All => "all",
+    }
+}
+
+/// The canonical upper-case name of a gRPC code (e.g. `INVALID_ARGUMENT`).
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn timestamp(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+fn entry_message(
+    key: &Key,
+    header: &Header,
+    codec: Codec,
+    stored_bytes: u64,
+    hit: Option<&Hit>,
+) -> pb::CacheEntry {
+    let compression = match codec {
+        Codec::None => pb::Compression::None,
+        Codec::Gzip => pb::Compression::Gzip,
+        Codec::Zstd => pb::Compression::Zstd,
+    };
+    let (tier, status, access_count, last_accessed_ms) = match hit {
+        Some(h) => (
+            match h.tier {
+                TierKind::Memory => pb::Tier::Memory,
+                TierKind::Redis => pb::Tier::Redis,
+            },
+            if h.fallback {
+                pb::EntryStatus::Fallback
+            } else {
+                pb::EntryStatus::Valid
+            },
+            h.access_count,
+            now_ms(),
+        ),
+        None => (
+            pb::Tier::Unspecified,
+            pb::EntryStatus::Valid,
+            0,
+            header.created_at_ms,
+        ),
+    };
+    pb::CacheEntry {
+        key: key.storage_key.to_string(),
+        r#type: key.tags.cache_type.to_proto() as i32,
+        format: key.format.clone(),
+        model_hash: header.model_hash.clone(),
+        export_options: options_struct(&header.export_options_json),
+        created_at: Some(timestamp(header.created_at_ms)),
+        expires_at: Some(timestamp(header.expires_at_ms)),
+        last_accessed: Some(timestamp(last_accessed_ms)),
+        access_count,
+        size_bytes: header.size_bytes,
+        stored_bytes,
+        compression: compression as i32,
+        compression_ratio: if stored_bytes == 0 {
+            1.0
+        } else {
+            header.size_bytes as f64 / stored_bytes as f64
+        },
+        status: status as i32,
+        metadata: header.metadata.iter().cloned().collect(),
+        user_id: key.tags.user_id.clone(),
+        project_id: key.tags.project_id.clone(),
+        version: u32::from(codec::ENVELOPE_VERSION),
+        content_type: header.content_type.clone(),
+        tier: tier as i32,
+        id: key.tags.id.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cache_service_server::CacheService for CacheService {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        let started = Instant::now();
+        let result = self.inner.get(request.get_ref(), "").await;
+        self.inner.metrics.record_latency(started.elapsed());
+        result.map(Response::new).map_err(|e| self.fail(e))
+    }
+
+    async fn set(
+        &self,
+        request: Request<pb::SetRequest>,
+    ) -> Result<Response<pb::SetResponse>, Status> {
+        let started = Instant::now();
+        let result = match self.inner.validate_set(request.into_inner(), "") {
+            Ok(plan) => self.inner.set(plan).await,
+            Err(e) => Err(e.into()),
+        };
+        self.inner.metrics.record_latency(started.elapsed());
+        result.map(Response::new).map_err(|e| self.fail(e))
+    }
+
+    async fn invalidate(
+        &self,
+        request: Request<pb::InvalidateRequest>,
+    ) -> Result<Response<pb::InvalidateResponse>, Status> {
+        match self.inner.invalidate(request.into_inner()).await {
+            Ok(invalidated) => Ok(Response::new(pb::InvalidateResponse { invalidated })),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn metrics(
+        &self,
+        _request: Request<pb::MetricsRequest>,
+    ) -> Result<Response<pb::MetricsResponse>, Status> {
+        Ok(Response::new(self.inner.metrics_response()))
+    }
+
+    async fn get_many(
+        &self,
+        request: Request<pb::GetManyRequest>,
+    ) -> Result<Response<pb::GetManyResponse>, Status> {
+        let requests = request.into_inner().requests;
+        if requests.len() > MAX_BATCH {
+            return Err(self.fail(
+                InvalidField::new(
+                    "requests",
+                    format!("has {} items, more than {MAX_BATCH}", requests.len()),
+                )
+                .into(),
+            ));
+        }
+        // Validate every key first so one bad request fails the call before any work is done.
+        for (i, r) in requests.iter().enumerate() {
+            if let Err(e) = self
+                .inner
+                .keyspace
+                .key(r.key.as_ref(), &format!("requests[{i}].key"))
+            {
+                return Err(self.fail(e.into()));
+            }
+        }
+        let answers = futures::future::join_all(
+            requests
+                .iter()
+                .enumerate()
+                .map(|(i, r)| async move { self.inner.get(r, &format!("requests[{i}]")).await }),
+        )
+        .await;
+        let responses = answers
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.fail(e))?;
+        Ok(Response::new(pb::GetManyResponse { responses }))
+    }
+
+    async fn set_many(
+        &self,
+        request: Request<pb::SetManyRequest>,
+    ) -> Result<Response<pb::SetManyResponse>, Status> {
+        let requests = request.into_inner().requests;
+        if requests.len() > MAX_BATCH {
+            return Err(self.fail(
+                InvalidField::new(
+                    "requests",
+                    format!("has {} items, more than {MAX_BATCH}", requests.len()),
+                )
+                .into(),
+            ));
+        }
+        let plans = requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| self.inner.validate_set(r, &format!("requests[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.fail(e.into()))?;
+        let mut responses = Vec::with_capacity(plans.len());
+        for plan in plans {
+            responses.push(self.inner.set(plan).await.map_err(|e| self.fail(e))?);
+        }
+        Ok(Response::new(pb::SetManyResponse { responses }))
+    }
+}

@@ -237,6 +237,9 @@ pub struct RedisSettings {
     /// Use TLS with host/port settings [env: REDIS_TLS] [default: false]
     #[arg(long = "redis-tls")]
     pub tls: Option<bool>,
+    /// PEM file of CA certificates to trust for rediss:// (else the system roots) [env: REDIS_TLS_CA_FILE]
+    #[arg(long = "redis-tls-ca-file")]
+    pub tls_ca_file: Option<PathBuf>,
     /// Connect budget [env: REDIS_CONNECT_TIMEOUT] [default: 1s]
     #[arg(long = "redis-connect-timeout")]
     pub connect_timeout: Option<HumanDuration>,
@@ -304,6 +307,8 @@ pub struct RedisConfig {
     pub password: Option<Secret>,
     /// TLS with host/port settings.
     pub tls: bool,
+    /// CA certificates to trust for TLS (else the system roots).
+    pub tls_ca_file: Option<PathBuf>,
     /// Connect budget.
     pub connect_timeout: Duration,
     /// Per-command budget.
@@ -420,6 +425,7 @@ impl Settings {
                 username: env_value(env, "REDIS_USERNAME")?,
                 password: env_value(env, "REDIS_PASSWORD")?,
                 tls: env_value(env, "REDIS_TLS")?,
+                tls_ca_file: env_value(env, "REDIS_TLS_CA_FILE")?,
                 connect_timeout: env_value(env, "REDIS_CONNECT_TIMEOUT")?,
                 command_timeout: env_value(env, "REDIS_COMMAND_TIMEOUT")?,
                 pool_size: env_value(env, "REDIS_POOL_SIZE")?,
@@ -449,6 +455,7 @@ impl Settings {
                 username: other.redis.username.or(self.redis.username),
                 password: other.redis.password.or(self.redis.password),
                 tls: other.redis.tls.or(self.redis.tls),
+                tls_ca_file: other.redis.tls_ca_file.or(self.redis.tls_ca_file),
                 connect_timeout: other.redis.connect_timeout.or(self.redis.connect_timeout),
                 command_timeout: other.redis.command_timeout.or(self.redis.command_timeout),
                 pool_size: other.redis.pool_size.or(self.redis.pool_size),
@@ -547,6 +554,7 @@ impl Config {
                 username: r.username.filter(|u| !u.is_empty()),
                 password: r.password.filter(|p| !p.expose().is_empty()),
                 tls: r.tls.unwrap_or(false),
+                tls_ca_file: r.tls_ca_file,
                 connect_timeout: dur(r.connect_timeout, DEFAULT_REDIS_CONNECT_TIMEOUT),
                 command_timeout: dur(r.command_timeout, DEFAULT_REDIS_COMMAND_TIMEOUT),
                 pool_size: r.pool_size.unwrap_or(DEFAULT_REDIS_POOL_SIZE),

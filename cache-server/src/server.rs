@@ -14,8 +14,9 @@ use tokio_util::task::TaskTracker;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
-use crate::backend::{Backend, Memory, MemoryOptions};
+use crate::backend::{Backend, Memory, MemoryOptions, Redis, Tiered};
 use crate::config::{BackendMode, Config};
+use crate::keys::Keyspace;
 use crate::metrics::Metrics;
 use crate::service::CacheService;
 
@@ -28,13 +29,15 @@ pub fn build_backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
         capacity_bytes: config.memory_capacity_bytes,
         max_item_bytes: config.max_value_bytes + MESSAGE_OVERHEAD_BYTES as u64,
     });
-    match config.backend {
-        BackendMode::Memory => Ok(Arc::new(memory)),
-        mode => anyhow::bail!(
-            "backend mode {} is not available in this build",
-            mode.as_str()
-        ),
+    if config.backend == BackendMode::Memory {
+        return Ok(Arc::new(memory));
     }
+    let keyspace = Keyspace::new(&config.prefix, &config.namespace);
+    let redis = Redis::connect(&config.redis, keyspace)?;
+    Ok(match config.backend {
+        BackendMode::Redis => redis,
+        _ => Arc::new(Tiered::new(redis, memory, config.redis.fallback_ttl)),
+    })
 }
 
 /// Serves until `shutdown` resolves, then drains within `config.shutdown_grace`.

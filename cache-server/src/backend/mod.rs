@@ -6,8 +6,12 @@
 //! while it is healthy, memory while it is not, with invalidations remembered across the outage.
 
 mod memory;
+mod redis;
+mod tiered;
 
 pub use memory::{Memory, MemoryOptions};
+pub use redis::Redis;
+pub use tiered::Tiered;
 
 use std::fmt;
 use std::time::Duration;

@@ -1,0 +1,865 @@
+//! The Redis tier (fred), the shared source of truth.
+//!
+//! # Layout in Redis (under the keyspace base, default `cache:default:`)
+//! - `<base><rendered>`: the entry, a string holding the encoded envelope, with native expiry (`PX`).
+//! - `<base>~:s:<rendered>`: the entry's access statistics (hash `n` = count, `a` = last access ms), same TTL.
+//! - `<base>~:i:o:<id>` (object types), `<base>~:i:n:<type>:<id>` (preference / config names),
+//!   `<base>~:i:u:<user>`, `<base>~:i:p:<project>`, `<base>~:i:t:<type>`: sorted-set indexes of entry keys
+//!   scored by expiry (unix ms). Every Set prunes members whose expiry has passed and stretches the index's
+//!   own TTL to its longest member, so an index never holds more than the entries written within one TTL:
+//!   invalidation by selector or `all` costs what it removes, whatever else lives in Redis.
+//! - `<base>~:runid`: the Redis `run_id` whose data this service has verified (restart detection).
+//!
+//! # Failure handling
+//! fred is configured to fail fast (see `CRATES.md` §2.5): commands carry the command budget, reconnection
+//! runs forever with capped exponential backoff, and the pool connects in the background so the server starts
+//! with Redis down. Any outage error marks the tier *down*; a monitor task then verifies Redis before marking
+//! it *up* again: same `run_id` as last verified (else — a restart, possibly from a snapshot — every entry of
+//! this service is removed through the indexes), then every invalidation remembered during the outage (and
+//! every write whose outcome is unknown) is applied. Only then are reads served from Redis again.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::prelude::*;
+use fred::types::config::{ConnectionConfig, PerformanceConfig, TcpConfig, UnresponsiveConfig};
+use fred::types::scan::Scanner as _;
+use fred::types::scripts::Script;
+use fred::types::{InfoKind, Value};
+use futures::TryStreamExt as _;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::{Backend, BackendError, BackendStats, Hit, Target, TierKind, now_ms};
+use crate::config::RedisConfig;
+use crate::keys::{CacheType, Key, KeyTags, Keyspace, Selector, glob_match};
+
+const TIER: &str = "redis";
+/// Most invalidations remembered during an outage; past it, recovery removes every entry of the service.
+pub const MAX_PENDING_INVALIDATIONS: usize = 10_000;
+/// Members removed per drain step (one Lua call each, so Redis is never blocked long).
+const DRAIN_BATCH: u32 = 500;
+/// Keys per SCAN step for pattern invalidation.
+const SCAN_COUNT: u32 = 1000;
+/// Wait before replaying writes whose outcome is unknown, so a late write from a hung connection lands first.
+const SETTLE_DELAY: Duration = Duration::from_millis(200);
+
+const GET_LUA: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
+local prev = redis.call('HGET', KEYS[2], 'a')
+redis.call('HSET', KEYS[2], 'a', ARGV[1])
+if n == 1 then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
+return {v, n, prev or '0'}
+";
+
+const SET_LUA: &str = r"
+local ok
+if ARGV[3] == '1' then
+  ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX')
+else
+  ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+if not ok then return 0 end
+redis.call('UNLINK', KEYS[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+for i = 3, #KEYS do
+  redis.call('ZADD', KEYS[i], now + ttl, KEYS[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return 1
+";
+
+// KEYS[1] = index; ARGV[1] = batch size, ARGV[2] = keyspace base. Pops members and removes their entries.
+const DRAIN_LUA: &str = r"
+local members = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+local removed = 0
+local base = ARGV[2]
+for i = 1, #members, 2 do
+  local k = members[i]
+  removed = removed + redis.call('UNLINK', k)
+  redis.call('UNLINK', base .. '~:s:' .. string.sub(k, #base + 1))
+end
+return {removed, #members / 2}
+";
+
+// KEYS = entry keys; ARGV[1] = keyspace base, ARGV[2] = index to remove them from ('' for none).
+const DELETE_LUA: &str = r"
+local removed = 0
+local base = ARGV[1]
+for i = 1, #KEYS do
+  removed = removed + redis.call('UNLINK', KEYS[i])
+  redis.call('UNLINK', base .. '~:s:' .. string.sub(KEYS[i], #base + 1))
+  if ARGV[2] ~= '' then redis.call('ZREM', ARGV[2], KEYS[i]) end
+end
+return removed
+";
+
+/// Invalidations and unknown-outcome writes to apply when Redis comes back.
+#[derive(Debug, Default)]
+struct Pending {
+    targets: Vec<Target>,
+    /// Keys whose write timed out: the write may still land, so they are deleted on recovery (twice).
+    uncertain: HashSet<Arc<str>>,
+    /// Too much piled up: remove every entry of the service on recovery.
+    everything: bool,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.targets.is_empty() && self.uncertain.is_empty() && !self.everything
+    }
+
+    fn remember(&mut self, target: Target) {
+        if self.everything {
+            return;
+        }
+        if matches!(target, Target::All)
+            || self.targets.len() + self.uncertain.len() >= MAX_PENDING_INVALIDATIONS
+        {
+            self.targets.clear();
+            self.uncertain.clear();
+            self.everything = true;
+        } else {
+            self.targets.push(target);
+        }
+    }
+}
+
+/// The Redis tier.
+pub struct Redis {
+    pool: Pool,
+    keyspace: Keyspace,
+    budget: Duration,
+    get_script: Script,
+    set_script: Script,
+    drain_script: Script,
+    delete_script: Script,
+    up: AtomicBool,
+    wake_monitor: Notify,
+    pending: Mutex<Pending>,
+    verified_run_id: Mutex<Option<String>>,
+    replayed: AtomicU64,
+    recoveries: AtomicU64,
+    memory_bytes: AtomicU64,
+    entries: AtomicU64,
+    target: String,
+}
+
+impl fmt::Debug for Redis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redis")
+            .field("target", &self.target)
+            .field("up", &self.is_up())
+            .finish()
+    }
+}
+
+fn fred_config(config: &RedisConfig) -> Result<Config, BackendError> {
+    let internal = |reason: String| BackendError::Internal { tier: TIER, reason };
+    let mut fred_config = match &config.url {
+        Some(url) => Config::from_url(url.expose()).map_err(|e| {
+            internal(format!(
+                "invalid redis url {}: {}",
+                config.display_target(),
+                e.details()
+            ))
+        })?,
+        None => Config {
+            server: ServerConfig::new_centralized(config.host.clone(), config.port),
+            username: config.username.clone(),
+            password: config.password.as_ref().map(|p| p.expose().to_owned()),
+            database: Some(config.db),
+            ..Config::default()
+        },
+    };
+    if config.url.is_some() {
+        // Settings given beside a URL fill what the URL leaves out.
+        if fred_config.username.is_none() {
+            fred_config.username = config.username.clone();
+        }
+        if fred_config.password.is_none() {
+            fred_config.password = config.password.as_ref().map(|p| p.expose().to_owned());
+        }
+    }
+    let wants_tls = config.tls
+        || fred_config.tls.is_some()
+        || config
+            .url
+            .as_ref()
+            .is_some_and(|u| u.expose().starts_with("rediss://"));
+    if wants_tls {
+        let connector = match &config.tls_ca_file {
+            Some(path) => {
+                use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(path).map_err(|e| {
+                    internal(format!("failed to read CA file {}: {e}", path.display()))
+                })? {
+                    let cert = cert.map_err(|e| {
+                        internal(format!("invalid certificate in {}: {e}", path.display()))
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        internal(format!("unusable certificate in {}: {e}", path.display()))
+                    })?;
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let client = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| internal(format!("tls setup failed: {e}")))?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                fred::types::config::TlsConnector::from(client)
+            }
+            None => fred::types::config::TlsConnector::default_rustls()
+                .map_err(|e| internal(format!("tls setup failed: {}", e.details())))?,
+        };
+        fred_config.tls = Some(connector.into());
+    }
+    fred_config.fail_fast = false;
+    Ok(fred_config)
+}
+
+impl Redis {
+    /// Builds the pool and starts connecting in the background (the server does not wait for Redis).
+    ///
+    /// # Errors
+    /// Fails only on invalid settings (URL, TLS files), never because Redis is unreachable.
+    pub fn connect(config: &RedisConfig, keyspace: Keyspace) -> Result<Arc<Self>, BackendError> {
+        let fred_config = fred_config(config)?;
+        let budget = config.command_timeout;
+        let connection = ConnectionConfig {
+            connection_timeout: config.connect_timeout,
+            internal_command_timeout: budget.max(Duration::from_millis(300)),
+            max_command_attempts: 1,
+            max_command_buffer_len: 10_000,
+            unresponsive: UnresponsiveConfig {
+                max_timeout: Some(budget * 4 + Duration::from_millis(500)),
+                interval: Duration::from_millis(250),
+            },
+            tcp: TcpConfig {
+                nodelay: Some(true),
+                ..TcpConfig::default()
+            },
+            ..ConnectionConfig::default()
+        };
+        let performance = PerformanceConfig {
+            default_command_timeout: budget,
+            ..PerformanceConfig::default()
+        };
+        let max_delay = config.reconnect_max_delay.as_millis().clamp(50, 60_000) as u32;
+        let policy = ReconnectPolicy::new_exponential(0, 50.min(max_delay), max_delay, 2);
+        let pool = Builder::from_config(fred_config)
+            .set_connection_config(connection)
+            .set_performance_config(performance)
+            .set_policy(policy)
+            .build_pool(config.pool_size)
+            .map_err(|e| BackendError::Internal {
+                tier: TIER,
+                reason: e.details().to_owned(),
+            })?;
+        let _ = pool.connect_pool();
+        let redis = Arc::new(Self {
+            pool,
+            keyspace,
+            budget,
+            get_script: Script::from_lua(GET_LUA),
+            set_script: Script::from_lua(SET_LUA),
+            drain_script: Script::from_lua(DRAIN_LUA),
+            delete_script: Script::from_lua(DELETE_LUA),
+            up: AtomicBool::new(false),
+            wake_monitor: Notify::new(),
+            pending: Mutex::new(Pending::default()),
+            verified_run_id: Mutex::new(None),
+            replayed: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
+            memory_bytes: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            target: config.display_target(),
+        });
+        tokio::spawn(Self::monitor(Arc::downgrade(&redis)));
+        Ok(redis)
+    }
+
+    /// Whether Redis is verified and serving.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Remembers an invalidation that could not reach Redis, to apply before Redis serves reads again.
+    /// If Redis was marked up meanwhile, it is marked down again so the monitor replays this first.
+    pub fn remember(&self, target: Target) {
+        let mut pending = self.pending.lock();
+        pending.remember(target);
+        self.force_recovery_locked();
+    }
+
+    /// Remembers a key whose write timed out (it may still land): it is deleted on recovery.
+    pub fn remember_uncertain(&self, key: &Key) {
+        let mut pending = self.pending.lock();
+        if !pending.everything {
+            if pending.targets.len() + pending.uncertain.len() >= MAX_PENDING_INVALIDATIONS {
+                pending.remember(Target::All);
+            } else {
+                pending.uncertain.insert(key.storage_key.clone());
+            }
+        }
+        self.force_recovery_locked();
+    }
+
+    /// Called with the pending lock held: `up` is only set under that lock, with nothing pending.
+    fn force_recovery_locked(&self) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(redis = %self.target, "redis marked down until remembered invalidations are replayed");
+        }
+        self.wake_monitor.notify_one();
+    }
+
+    /// How many times Redis became verified and serving (each end of an outage).
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::Acquire)
+    }
+
+    /// Invalidations replayed after outages so far.
+    pub fn replayed(&self) -> u64 {
+        self.replayed.load(Ordering::Relaxed)
+    }
+
+    fn mark_down(&self, err: &BackendError) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(redis = %self.target, error = %err, "redis marked down");
+        }
+        self.wake_monitor.notify_one();
+    }
+
+    fn unavailable(&self) -> BackendError {
+        BackendError::Unavailable {
+            tier: TIER,
+            reason: format!("{} is not reachable", self.target),
+        }
+    }
+
+    fn classify(&self, err: &Error) -> BackendError {
+        match err.kind() {
+            ErrorKind::Timeout => BackendError::Timeout {
+                tier: TIER,
+                budget: self.budget,
+            },
+            ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Backpressure | ErrorKind::NotFound => {
+                BackendError::Unavailable {
+                    tier: TIER,
+                    reason: err.details().to_owned(),
+                }
+            }
+            _ if err.details().starts_with("OOM") => BackendError::Refused {
+                tier: TIER,
+                reason: err.details().to_owned(),
+            },
+            _ if err.details().contains("LOADING") || err.details().contains("BUSY") => {
+                BackendError::Unavailable {
+                    tier: TIER,
+                    reason: err.details().to_owned(),
+                }
+            }
+            _ => BackendError::Internal {
+                tier: TIER,
+                reason: err.details().to_owned(),
+            },
+        }
+    }
+
+    /// Runs one command under the budget; outage errors mark the tier down.
+    async fn call<T, F>(&self, fut: F) -> Result<T, BackendError>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
+        let result = match tokio::time::timeout(self.budget, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.classify(&e)),
+            Err(_) => Err(BackendError::Timeout {
+                tier: TIER,
+                budget: self.budget,
+            }),
+        };
+        if let Err(e) = &result
+            && e.is_outage()
+        {
+            self.mark_down(e);
+        }
+        result
+    }
+
+    fn fast(&self) -> fred::clients::WithOptions<Client> {
+        self.pool.next().with_options(&Options {
+            timeout: Some(self.budget),
+            fail_fast: true,
+            max_attempts: Some(1),
+            ..Options::default()
+        })
+    }
+
+    fn stats_key(&self, storage_key: &str) -> String {
+        let base = self.keyspace.base();
+        format!(
+            "{base}~:s:{}",
+            storage_key.strip_prefix(base).unwrap_or(storage_key)
+        )
+    }
+
+    fn index_key(&self, dimension: &str, value: &str) -> String {
+        let mut key = format!("{}~:i:{dimension}:", self.keyspace.base());
+        escape_into(&mut key, value);
+        key
+    }
+
+    fn type_index(&self, t: CacheType) -> String {
+        format!("{}~:i:t:{}", self.keyspace.base(), t.segment())
+    }
+
+    fn id_index(&self, t: CacheType, id: &str) -> String {
+        if t.is_object() {
+            self.index_key("o", id)
+        } else {
+            self.index_key(&format!("n:{}", t.segment()), id)
+        }
+    }
+
+    fn indexes_of(&self, tags: &KeyTags) -> Vec<String> {
+        let mut keys = vec![
+            self.id_index(tags.cache_type, &tags.id),
+            self.type_index(tags.cache_type),
+        ];
+        if !tags.user_id.is_empty() {
+            keys.push(self.index_key("u", &tags.user_id));
+        }
+        if !tags.project_id.is_empty() {
+            keys.push(self.index_key("p", &tags.project_id));
+        }
+        keys
+    }
+
+    /// Removes every member entry of an index (single-dimension selectors, `all`). Cost: its members.
+    async fn drain(&self, index: &str) -> Result<u64, BackendError> {
+        let mut removed = 0;
+        loop {
+            let client = self.pool.next();
+            let fut = self.drain_script.evalsha_with_reload::<Value, _, _>(
+                client,
+                vec![index.to_owned()],
+                vec![
+                    Value::from(i64::from(DRAIN_BATCH)),
+                    Value::from(self.keyspace.base()),
+                ],
+            );
+            let (n, popped) = pair(self.call(fut).await?);
+            removed += n;
+            if popped < u64::from(DRAIN_BATCH) {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Removes the entries of an index that match a selector (multi-field selectors). Cost: the index size.
+    async fn filter_index(&self, index: &str, selector: &Selector) -> Result<u64, BackendError> {
+        let client = self.pool.next();
+        let mut doomed = Vec::new();
+        let mut stream = std::pin::pin!(client.zscan(index.to_owned(), "*", Some(1000)));
+        loop {
+            let page = tokio::time::timeout(self.budget * 4, stream.try_next()).await;
+            let mut page = match page {
+                Ok(Ok(Some(page))) => page,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(self.classify(&e)),
+                Err(_) => {
+                    return Err(BackendError::Timeout {
+                        tier: TIER,
+                        budget: self.budget * 4,
+                    });
+                }
+            };
+            for (member, _) in page.take_results().unwrap_or_default() {
+                if let Some(k) = member.as_string()
+                    && self
+                        .keyspace
+                        .parse(&k)
+                        .is_some_and(|tags| selector.matches(&tags))
+                {
+                    doomed.push(k);
+                }
+            }
+            page.next();
+        }
+        self.delete_keys(doomed, index).await
+    }
+
+    async fn delete_keys(&self, keys: Vec<String>, index: &str) -> Result<u64, BackendError> {
+        let mut removed = 0;
+        for chunk in keys.chunks(DRAIN_BATCH as usize) {
+            let fut = self.delete_script.evalsha_with_reload::<u64, _, _>(
+                self.pool.next(),
+                chunk.to_vec(),
+                vec![self.keyspace.base().to_owned(), index.to_owned()],
+            );
+            removed += self.call(fut).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn invalidate_selector(&self, s: &Selector) -> Result<u64, BackendError> {
+        let single = [
+            s.cache_type.is_some(),
+            s.object_id.is_some(),
+            s.user_id.is_some(),
+            s.project_id.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count()
+            == 1;
+        let index = match (&s.object_id, &s.user_id, &s.project_id, s.cache_type) {
+            (Some(id), ..) => match s.cache_type {
+                Some(t) if !t.is_object() => self.id_index(t, id),
+                _ => self.index_key("o", id),
+            },
+            (None, Some(u), ..) => self.index_key("u", u),
+            (None, None, Some(p), _) => self.index_key("p", p),
+            (None, None, None, Some(t)) => self.type_index(t),
+            (None, None, None, None) => return Ok(0),
+        };
+        let name_index = s.object_id.is_some() && s.cache_type.is_some_and(|t| !t.is_object());
+        if single || (name_index && s.user_id.is_none() && s.project_id.is_none()) {
+            self.drain(&index).await
+        } else {
+            self.filter_index(&index, s).await
+        }
+    }
+
+    async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
+        let meta_prefix = format!("{}~:", self.keyspace.base());
+        let client = self.pool.next();
+        let mut stream = std::pin::pin!(client.scan(pattern.to_owned(), Some(SCAN_COUNT), None));
+        let mut removed = 0;
+        loop {
+            let page = tokio::time::timeout(self.budget * 4, stream.try_next()).await;
+            let mut page = match page {
+                Ok(Ok(Some(page))) => page,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(self.classify(&e)),
+                Err(_) => {
+                    return Err(BackendError::Timeout {
+                        tier: TIER,
+                        budget: self.budget * 4,
+                    });
+                }
+            };
+            let keys: Vec<String> = page
+                .take_results()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|k| k.into_string())
+                .filter(|k| {
+                    !k.starts_with(&meta_prefix) && glob_match(pattern.as_bytes(), k.as_bytes())
+                })
+                .collect();
+            if !keys.is_empty() {
+                removed += self.delete_keys(keys, "").await?;
+            }
+            page.next();
+        }
+        Ok(removed)
+    }
+
+    async fn invalidate_all(&self) -> Result<u64, BackendError> {
+        let mut removed = 0;
+        for t in CacheType::ALL {
+            removed += self.drain(&self.type_index(t)).await?;
+        }
+        Ok(removed)
+    }
+
+    async fn apply(&self, target: &Target) -> Result<u64, BackendError> {
+        match target {
+            Target::Key(key) => {
+                let fut = self.delete_script.evalsha_with_reload::<u64, _, _>(
+                    self.pool.next(),
+                    vec![key.storage_key.to_string()],
+                    vec![self.keyspace.base().to_owned(), String::new()],
+                );
+                self.call(fut).await
+            }
+            Target::Selector(s) => self.invalidate_selector(s).await,
+            Target::Pattern(p) => self.invalidate_pattern(p).await,
+            Target::All => self.invalidate_all().await,
+        }
+    }
+
+    /// Checks Redis is reachable and holds no data older than our invalidations, replays what is pending,
+    /// and only then marks the tier up.
+    async fn verify_and_recover(&self) -> Result<(), BackendError> {
+        let client = self.fast();
+        self.call(client.ping::<String>(None)).await?;
+        let info: String = self.call(self.fast().info(Some(InfoKind::Server))).await?;
+        let run_id = info_field(&info, "run_id").unwrap_or_default().to_owned();
+        let marker = format!("{}~:runid", self.keyspace.base());
+        let stored: Option<String> = self.call(self.fast().get(marker.as_str())).await?;
+        if stored.as_deref() != Some(run_id.as_str()) {
+            // A Redis we have not verified: new, restarted, or restored from a snapshot that may predate
+            // invalidations. Remove every entry of ours it may hold, then record that it is verified.
+            let removed = self.invalidate_all().await?;
+            tracing::warn!(redis = %self.target, removed, "redis run id changed (restart or new instance): removed this service's entries");
+            let _: () = self
+                .call(
+                    self.fast()
+                        .set(marker.as_str(), run_id.as_str(), None, None, false),
+                )
+                .await?;
+            self.pending.lock().everything = false;
+        }
+        *self.verified_run_id.lock() = Some(run_id);
+        let pending = std::mem::take(&mut *self.pending.lock());
+        if !pending.is_empty() {
+            let result = self.replay(&pending).await;
+            if let Err(e) = result {
+                // Put everything back (plus whatever piled up meanwhile) and try again later.
+                let mut p = self.pending.lock();
+                p.targets.extend(pending.targets);
+                p.uncertain.extend(pending.uncertain);
+                p.everything |= pending.everything;
+                return Err(e);
+            }
+        }
+        let pending = self.pending.lock();
+        if pending.is_empty() {
+            self.up.store(true, Ordering::Release);
+            self.recoveries.fetch_add(1, Ordering::AcqRel);
+            drop(pending);
+            tracing::info!(redis = %self.target, "redis verified and serving");
+            Ok(())
+        } else {
+            Err(BackendError::Unavailable {
+                tier: TIER,
+                reason: "more invalidations arrived during recovery".into(),
+            })
+        }
+    }
+
+    async fn replay(&self, pending: &Pending) -> Result<(), BackendError> {
+        if !pending.uncertain.is_empty() {
+            tokio::time::sleep(SETTLE_DELAY).await;
+        }
+        if pending.everything {
+            self.invalidate_all().await?;
+        }
+        for target in &pending.targets {
+            self.apply(target).await?;
+        }
+        let uncertain: Vec<String> = pending.uncertain.iter().map(|k| k.to_string()).collect();
+        self.delete_keys(uncertain, "").await?;
+        let n = pending.targets.len() as u64
+            + pending.uncertain.len() as u64
+            + u64::from(pending.everything);
+        self.replayed.fetch_add(n, Ordering::Relaxed);
+        tracing::info!(redis = %self.target, replayed = n, "replayed invalidations remembered during the outage");
+        Ok(())
+    }
+
+    async fn monitor(this: std::sync::Weak<Self>) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let Some(redis) = this.upgrade() else { return };
+            if redis.is_up() {
+                // Healthy: a cheap ping every second catches restarts even without traffic.
+                let tick = tokio::time::sleep(Duration::from_secs(1));
+                tokio::select! { () = redis.wake_monitor.notified() => {}, () = tick => {} }
+                drop(redis);
+                let Some(redis) = this.upgrade() else { return };
+                if redis.is_up() && redis.check_run_id().await.is_err() {
+                    redis.up.store(false, Ordering::Release);
+                }
+                delay = Duration::from_millis(50);
+                continue;
+            }
+            let outcome = redis.verify_and_recover().await;
+            drop(redis);
+            match outcome {
+                Ok(()) => delay = Duration::from_millis(50),
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(250));
+                }
+            }
+        }
+    }
+
+    async fn check_run_id(&self) -> Result<(), BackendError> {
+        let info: String = self.call(self.fast().info(Some(InfoKind::Server))).await?;
+        let run_id = info_field(&info, "run_id").unwrap_or_default();
+        if self.verified_run_id.lock().as_deref() != Some(run_id) {
+            tracing::warn!(redis = %self.target, "redis restarted: verifying before serving from it again");
+            return Err(self.unavailable());
+        }
+        Ok(())
+    }
+}
+
+fn escape_into(out: &mut String, value: &str) {
+    for c in value.chars() {
+        if matches!(
+            c,
+            '%' | ':' | '*' | '?' | '[' | ']' | '\\' | '{' | '}' | ' '
+        ) {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+fn pair(v: Value) -> (u64, u64) {
+    match v {
+        Value::Array(items) => {
+            let n = |i: usize| items.get(i).and_then(|v| v.as_u64()).unwrap_or(0);
+            (n(0), n(1))
+        }
+        _ => (0, 0),
+    }
+}
+
+#[async_trait]
+impl Backend for Redis {
+    async fn get(&self, key: &Key) -> Result<Option<Hit>, BackendError> {
+        if !self.is_up() {
+            return Err(self.unavailable());
+        }
+        let now = now_ms();
+        let keys = vec![
+            key.storage_key.to_string(),
+            self.stats_key(&key.storage_key),
+        ];
+        let fut =
+            self.get_script
+                .evalsha_with_reload::<Value, _, _>(self.pool.next(), keys, vec![now]);
+        let reply = self.call(fut).await?;
+        let Value::Array(items) = reply else {
+            return Ok(None);
+        };
+        let mut items = items.into_iter();
+        let envelope = match items.next() {
+            Some(Value::Bytes(b)) => b,
+            Some(Value::String(s)) => Bytes::from(s.into_inner()),
+            _ => return Ok(None),
+        };
+        let access_count = items.next().and_then(|v| v.as_u64()).unwrap_or(1);
+        let previous_access_ms = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok(Some(Hit {
+            envelope,
+            access_count,
+            previous_access_ms,
+            tier: TierKind::Redis,
+            fallback: false,
+        }))
+    }
+
+    async fn set(
+        &self,
+        key: &Key,
+        envelope: Bytes,
+        ttl: Duration,
+        only_if_absent: bool,
+    ) -> Result<bool, BackendError> {
+        if !self.is_up() {
+            return Err(self.unavailable());
+        }
+        let mut keys = vec![
+            key.storage_key.to_string(),
+            self.stats_key(&key.storage_key),
+        ];
+        keys.extend(self.indexes_of(&key.tags));
+        let ttl_ms = ttl.as_millis().max(1) as u64;
+        let args = vec![
+            Value::Bytes(envelope),
+            Value::from(ttl_ms as i64),
+            Value::from(if only_if_absent { "1" } else { "0" }),
+        ];
+        let fut = self
+            .set_script
+            .evalsha_with_reload::<u64, _, _>(self.pool.next(), keys, args);
+        match self.call(fut).await {
+            Ok(stored) => Ok(stored == 1),
+            Err(e) => {
+                if matches!(e, BackendError::Timeout { .. }) {
+                    // fred cannot cancel a written command: the write may still land after a later
+                    // invalidation. Delete it again when Redis is verified.
+                    self.remember_uncertain(key);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn invalidate(&self, target: &Target) -> Result<u64, BackendError> {
+        if !self.is_up() {
+            return Err(self.unavailable());
+        }
+        self.apply(target).await
+    }
+
+    fn stats(&self) -> BackendStats {
+        BackendStats {
+            redis_connected: self.is_up(),
+            redis_memory_bytes: self.memory_bytes.load(Ordering::Relaxed),
+            redis_entries: Some(self.entries.load(Ordering::Relaxed)),
+            invalidations_replayed: self.replayed(),
+            ..BackendStats::default()
+        }
+    }
+
+    async fn refresh_stats(&self) {
+        if !self.is_up() {
+            return;
+        }
+        if let Ok(info) = self
+            .call(self.fast().info::<String>(Some(InfoKind::Memory)))
+            .await
+            && let Some(used) = info_field(&info, "used_memory").and_then(|v| v.parse().ok())
+        {
+            self.memory_bytes.store(used, Ordering::Relaxed);
+        }
+        let mut entries = 0u64;
+        for t in CacheType::ALL {
+            if let Ok(n) = self
+                .call(self.fast().zcard::<u64, _>(self.type_index(t)))
+                .await
+            {
+                entries += n;
+            }
+        }
+        self.entries.store(entries, Ordering::Relaxed);
+    }
+
+    fn is_serving(&self) -> bool {
+        self.is_up()
+    }
+
+    async fn close(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.pool.quit()).await;
+    }
+}

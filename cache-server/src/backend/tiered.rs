@@ -1,0 +1,144 @@
+//! Hybrid mode: Redis while it is verified and serving, the memory tier while it is not.
+//!
+//! - Reads and writes go to Redis only while it is up: nothing Redis should hold is kept in memory.
+//! - On an outage error (or while Redis is down) reads and writes are answered by memory, with writes' TTL
+//!   capped at the fallback TTL. Answers say so (`status = FALLBACK`, `tier = MEMORY`).
+//! - Invalidations always apply to memory; those that cannot reach Redis are remembered by [`Redis`] and
+//!   replayed before Redis serves reads again. The memory tier is emptied at each recovery, so it only ever
+//!   holds what was written during the current outage.
+//!
+//! Bound: replicas that fall back during the same outage cannot see each other's invalidations; a value
+//! another replica invalidated may be served by this one for at most the fallback TTL (default 60 s).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{Backend, BackendError, BackendStats, Hit, Memory, Redis, Target};
+use crate::keys::Key;
+
+/// Redis with the memory tier as fallback.
+#[derive(Debug)]
+pub struct Tiered {
+    redis: Arc<Redis>,
+    memory: Memory,
+    fallback_ttl: Duration,
+    fallback_served: AtomicU64,
+    cleared_at_recovery: AtomicU64,
+}
+
+impl Tiered {
+    /// Composes the tiers.
+    pub fn new(redis: Arc<Redis>, memory: Memory, fallback_ttl: Duration) -> Self {
+        Self {
+            redis,
+            memory,
+            fallback_ttl,
+            fallback_served: AtomicU64::new(0),
+            cleared_at_recovery: AtomicU64::new(0),
+        }
+    }
+
+    /// Empties the memory tier once after each recovery.
+    fn forget_outage_writes(&self) {
+        let recoveries = self.redis.recoveries();
+        if self.cleared_at_recovery.swap(recoveries, Ordering::AcqRel) != recoveries {
+            self.memory.clear();
+        }
+    }
+
+    fn served_by_memory(&self) {
+        self.fallback_served.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Backend for Tiered {
+    async fn get(&self, key: &Key) -> Result<Option<Hit>, BackendError> {
+        if self.redis.is_up() {
+            match self.redis.get(key).await {
+                Err(e) if e.is_outage() => {}
+                other => {
+                    self.forget_outage_writes();
+                    return other;
+                }
+            }
+        }
+        self.served_by_memory();
+        Ok(self.memory.get(key).await?.map(|hit| Hit {
+            fallback: true,
+            ..hit
+        }))
+    }
+
+    async fn set(
+        &self,
+        key: &Key,
+        envelope: Bytes,
+        ttl: Duration,
+        only_if_absent: bool,
+    ) -> Result<bool, BackendError> {
+        if self.redis.is_up() {
+            match self
+                .redis
+                .set(key, envelope.clone(), ttl, only_if_absent)
+                .await
+            {
+                Err(e) if e.is_outage() => {}
+                other => {
+                    self.forget_outage_writes();
+                    return other;
+                }
+            }
+        }
+        self.served_by_memory();
+        self.memory
+            .set(key, envelope, ttl.min(self.fallback_ttl), only_if_absent)
+            .await
+    }
+
+    async fn invalidate(&self, target: &Target) -> Result<u64, BackendError> {
+        let from_memory = self.memory.invalidate(target).await?;
+        if self.redis.is_up() {
+            match self.redis.invalidate(target).await {
+                Ok(n) => return Ok(n.max(from_memory)),
+                Err(e) if !e.is_outage() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        self.redis.remember(target.clone());
+        self.served_by_memory();
+        Ok(from_memory)
+    }
+
+    fn stats(&self) -> BackendStats {
+        let memory = self.memory.stats();
+        let redis = self.redis.stats();
+        BackendStats {
+            fallback_active: !redis.redis_connected,
+            fallback_served: self.fallback_served.load(Ordering::Relaxed),
+            ..BackendStats {
+                redis_entries: redis.redis_entries,
+                redis_memory_bytes: redis.redis_memory_bytes,
+                redis_connected: redis.redis_connected,
+                invalidations_replayed: redis.invalidations_replayed,
+                ..memory
+            }
+        }
+    }
+
+    async fn refresh_stats(&self) {
+        self.redis.refresh_stats().await;
+    }
+
+    fn sweep_expired(&self) {
+        self.memory.sweep_expired();
+    }
+
+    async fn close(&self) {
+        self.redis.close().await;
+    }
+}

@@ -20,6 +20,9 @@ use crate::keys::Keyspace;
 use crate::metrics::Metrics;
 use crate::service::CacheService;
 
+/// How often the health service is re-evaluated from the backend's state.
+pub const HEALTH_POLL: Duration = Duration::from_millis(100);
+
 /// Bytes allowed in a gRPC message beyond the largest value (key, metadata, framing).
 pub const MESSAGE_OVERHEAD_BYTES: usize = 1 << 20;
 
@@ -100,6 +103,8 @@ pub async fn run(
         result = &mut serve => result?,
         () = shutdown => {
             tracing::info!("shutdown requested: health NOT_SERVING, draining in-flight calls");
+            // Stop the background tasks first so nothing flips health back to SERVING during the drain.
+            cancel.cancel();
             health.set_not_serving::<CacheServiceServer<CacheService>>().await;
             health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             let _ = stop_tx.send(());
@@ -153,23 +158,24 @@ fn spawn_background(
     });
     let c = cancel.clone();
     tasks.spawn(async move {
-        let mut tick = tokio::time::interval(refresh_every.min(Duration::from_secs(1)));
+        // Health follows the backend within HEALTH_POLL; costly figures refresh every `refresh_every`.
+        let mut tick = tokio::time::interval(HEALTH_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_serving = None;
-        let mut since_refresh = Duration::MAX;
+        let mut last_refresh: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     let serving = backend.is_serving();
                     if last_serving != Some(serving) {
+                        tracing::info!(serving, "cache.v1.CacheService health changed");
                         set_serving(&health, serving).await;
                         last_serving = Some(serving);
                     }
-                    if since_refresh >= refresh_every {
+                    if last_refresh.is_none_or(|t| t.elapsed() >= refresh_every) {
                         backend.refresh_stats().await;
-                        since_refresh = Duration::ZERO;
+                        last_refresh = Some(tokio::time::Instant::now());
                     }
-                    since_refresh = since_refresh.saturating_add(Duration::from_secs(1).min(refresh_every));
                 }
                 () = c.cancelled() => break,
             }

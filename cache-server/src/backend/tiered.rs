@@ -3,6 +3,8 @@
 //! - Reads and writes go to Redis only while it is up: nothing Redis should hold is kept in memory.
 //! - On an outage error (or while Redis is down) reads and writes are answered by memory, with writes' TTL
 //!   capped at the fallback TTL. Answers say so (`status = FALLBACK`, `tier = MEMORY`).
+//! - A write answered by memory during an outage also removes the key from Redis on recovery, so a read
+//!   after the outage never returns a value older than one this server acknowledged.
 //! - Invalidations always apply to memory; those that cannot reach Redis are remembered by [`Redis`] and
 //!   replayed before Redis serves reads again. The memory tier is emptied at each recovery, so it only ever
 //!   holds what was written during the current outage.

@@ -72,6 +72,9 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    if config.backend != BackendMode::Memory {
+        backend.warm_up(config.redis.connect_timeout).await;
+    }
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
     spawn_background(&tasks, &cancel, &config, backend.clone(), health.clone());

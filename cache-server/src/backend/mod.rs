@@ -165,6 +165,10 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// Removes expired entries eagerly (memory tier); called by a background task.
     fn sweep_expired(&self) {}
 
+    /// Gives a remote tier up to `within` to become ready before the server starts answering, so the first
+    /// calls do not fall back needlessly. Returns early when ready; never fails (a down Redis is not fatal).
+    async fn warm_up(&self, _within: Duration) {}
+
     /// Whether the backend can serve calls now (feeds the health service).
     fn is_serving(&self) -> bool {
         true

@@ -153,6 +153,7 @@ pub struct Redis {
     verified_run_id: Mutex<Option<String>>,
     replayed: AtomicU64,
     recoveries: AtomicU64,
+    last_connection_error: Arc<Mutex<Option<String>>>,
     memory_bytes: AtomicU64,
     entries: AtomicU64,
     target: String,
@@ -285,10 +286,18 @@ impl Redis {
             verified_run_id: Mutex::new(None),
             replayed: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
+            last_connection_error: Arc::new(Mutex::new(None)),
             memory_bytes: AtomicU64::new(0),
             entries: AtomicU64::new(0),
             target: config.display_target(),
         });
+        for client in redis.pool.clients() {
+            let last = redis.last_connection_error.clone();
+            let _ = client.on_error(move |(err, _server)| {
+                *last.lock() = Some(err.details().to_owned());
+                async { Ok(()) }
+            });
+        }
         tokio::spawn(Self::monitor(Arc::downgrade(&redis)));
         Ok(redis)
     }
@@ -325,6 +334,18 @@ impl Redis {
             tracing::warn!(redis = %self.target, "redis marked down until remembered invalidations are replayed");
         }
         self.wake_monitor.notify_one();
+    }
+
+    /// Waits until Redis is verified and serving, at most `within`; returns whether it is.
+    pub async fn wait_up(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.is_up() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// How many times Redis became verified and serving (each end of an outage).
@@ -677,6 +698,7 @@ impl Redis {
 
     async fn monitor(this: std::sync::Weak<Self>) {
         let mut delay = Duration::from_millis(50);
+        let mut logged_outage = false;
         loop {
             let Some(redis) = this.upgrade() else { return };
             if redis.is_up() {
@@ -692,10 +714,22 @@ impl Redis {
                 continue;
             }
             let outcome = redis.verify_and_recover().await;
-            drop(redis);
             match outcome {
-                Ok(()) => delay = Duration::from_millis(50),
-                Err(_) => {
+                Ok(()) => {
+                    delay = Duration::from_millis(50);
+                    logged_outage = false;
+                }
+                Err(e) => {
+                    if !logged_outage {
+                        let connection = redis
+                            .last_connection_error
+                            .lock()
+                            .clone()
+                            .unwrap_or_else(|| "none reported".into());
+                        tracing::warn!(redis = %redis.target, error = %e, connection_error = %connection, "redis unreachable; retrying in the background");
+                        logged_outage = true;
+                    }
+                    drop(redis);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(250));
                 }
@@ -857,6 +891,10 @@ impl Backend for Redis {
 
     fn is_serving(&self) -> bool {
         self.is_up()
+    }
+
+    async fn warm_up(&self, within: Duration) {
+        self.wait_up(within).await;
     }
 
     async fn close(&self) {

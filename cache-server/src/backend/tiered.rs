@@ -136,6 +136,10 @@ impl Backend for Tiered {
         self.redis.refresh_stats().await;
     }
 
+    async fn warm_up(&self, within: Duration) {
+        self.redis.wait_up(within).await;
+    }
+
     fn sweep_expired(&self) {
         self.memory.sweep_expired();
     }

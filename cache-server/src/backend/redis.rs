@@ -33,7 +33,7 @@ use fred::types::scripts::Script;
 use fred::types::{InfoKind, Value};
 use futures::TryStreamExt as _;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Mutex as AsyncMutex, Notify};
 
 use super::{Backend, BackendError, BackendStats, Hit, Target, TierKind, now_ms};
 use crate::config::RedisConfig;
@@ -111,8 +111,11 @@ return removed
 #[derive(Debug, Default)]
 struct Pending {
     targets: Vec<Target>,
-    /// Keys whose write timed out: the write may still land, so they are deleted on recovery (twice).
+    /// Keys to delete from Redis on recovery: written to memory during the outage (Redis may hold an older
+    /// value) or written to Redis with an unknown outcome.
     uncertain: HashSet<Arc<str>>,
+    /// Some write timed out: it may still land after Redis resumes, so wait before deleting.
+    late_writes: bool,
     /// Too much piled up: remove every entry of the service on recovery.
     everything: bool,
 }
@@ -120,6 +123,31 @@ struct Pending {
 impl Pending {
     fn is_empty(&self) -> bool {
         self.targets.is_empty() && self.uncertain.is_empty() && !self.everything
+    }
+
+    fn len(&self) -> usize {
+        self.targets.len() + self.uncertain.len()
+    }
+
+    fn delete_later(&mut self, key: &Key) {
+        if self.everything {
+            return;
+        }
+        if self.len() >= MAX_PENDING_INVALIDATIONS {
+            self.remember(Target::All);
+        } else {
+            self.uncertain.insert(key.storage_key.clone());
+        }
+    }
+
+    fn merge(&mut self, other: Pending) {
+        self.targets.extend(other.targets);
+        self.uncertain.extend(other.uncertain);
+        self.late_writes |= other.late_writes;
+        self.everything |= other.everything;
+        if self.len() > MAX_PENDING_INVALIDATIONS {
+            self.remember(Target::All);
+        }
     }
 
     fn remember(&mut self, target: Target) {
@@ -149,7 +177,9 @@ pub struct Redis {
     delete_script: Script,
     up: AtomicBool,
     wake_monitor: Notify,
-    pending: Mutex<Pending>,
+    /// Held (briefly, across awaits) by the last step of a recovery, so nothing is remembered between the
+    /// final replay and marking Redis up.
+    pending: AsyncMutex<Pending>,
     verified_run_id: Mutex<Option<String>>,
     replayed: AtomicU64,
     recoveries: AtomicU64,
@@ -282,7 +312,7 @@ impl Redis {
             delete_script: Script::from_lua(DELETE_LUA),
             up: AtomicBool::new(false),
             wake_monitor: Notify::new(),
-            pending: Mutex::new(Pending::default()),
+            pending: AsyncMutex::new(Pending::default()),
             verified_run_id: Mutex::new(None),
             replayed: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
@@ -291,10 +321,22 @@ impl Redis {
             entries: AtomicU64::new(0),
             target: config.display_target(),
         });
+        // A lost or re-established connection may mean a restarted Redis: stop reading from it until the
+        // monitor has verified it (run id, replay). Events arrive before fred's reconnect delay elapses.
         for client in redis.pool.clients() {
-            let last = redis.last_connection_error.clone();
+            let weak = Arc::downgrade(&redis);
             let _ = client.on_error(move |(err, _server)| {
-                *last.lock() = Some(err.details().to_owned());
+                if let Some(redis) = weak.upgrade() {
+                    *redis.last_connection_error.lock() = Some(err.details().to_owned());
+                    redis.connection_lost("connection error");
+                }
+                async { Ok(()) }
+            });
+            let weak = Arc::downgrade(&redis);
+            let _ = client.on_reconnect(move |_server| {
+                if let Some(redis) = weak.upgrade() {
+                    redis.connection_lost("reconnected");
+                }
                 async { Ok(()) }
             });
         }
@@ -307,32 +349,57 @@ impl Redis {
         self.up.load(Ordering::Acquire)
     }
 
-    /// Remembers an invalidation that could not reach Redis, to apply before Redis serves reads again.
-    /// If Redis was marked up meanwhile, it is marked down again so the monitor replays this first.
-    pub fn remember(&self, target: Target) {
-        let mut pending = self.pending.lock();
-        pending.remember(target);
-        self.force_recovery_locked();
+    /// Makes sure an invalidation that could not reach Redis reaches it before Redis serves reads again:
+    /// remembered while Redis is down, applied directly if Redis came back meanwhile.
+    pub async fn remember(&self, target: Target) {
+        self.remember_or_apply(|p| p.remember(target.clone()), || self.apply(&target))
+            .await;
     }
 
-    /// Remembers a key whose write timed out (it may still land): it is deleted on recovery.
-    pub fn remember_uncertain(&self, key: &Key) {
-        let mut pending = self.pending.lock();
-        if !pending.everything {
-            if pending.targets.len() + pending.uncertain.len() >= MAX_PENDING_INVALIDATIONS {
-                pending.remember(Target::All);
-            } else {
-                pending.uncertain.insert(key.storage_key.clone());
+    /// Makes sure `key` is deleted from Redis before Redis serves reads again (its value there may be older
+    /// than one acknowledged during the outage, or a timed-out write may still land).
+    pub async fn remember_uncertain(&self, key: &Key) {
+        let target = Target::Key(key.clone());
+        self.remember_or_apply(|p| p.delete_later(key), || self.apply(&target))
+            .await;
+    }
+
+    /// Like [`Redis::remember_uncertain`] for a write that timed out: it may land late, so recovery waits a
+    /// moment before deleting it.
+    async fn remember_late_write(&self, key: &Key) {
+        let target = Target::Key(key.clone());
+        self.remember_or_apply(
+            |p| {
+                p.delete_later(key);
+                p.late_writes = true;
+            },
+            || self.apply(&target),
+        )
+        .await;
+    }
+
+    async fn remember_or_apply<F: Future<Output = Result<u64, BackendError>>>(
+        &self,
+        mut push: impl FnMut(&mut Pending),
+        apply: impl Fn() -> F,
+    ) {
+        for _ in 0..3 {
+            {
+                let mut pending = self.pending.lock().await;
+                if !self.is_up() {
+                    push(&mut pending);
+                    self.wake_monitor.notify_one();
+                    return;
+                }
+            }
+            // Redis was verified since the caller failed over: apply directly.
+            if apply().await.is_ok() {
+                return;
             }
         }
-        self.force_recovery_locked();
-    }
-
-    /// Called with the pending lock held: `up` is only set under that lock, with nothing pending.
-    fn force_recovery_locked(&self) {
-        if self.up.swap(false, Ordering::AcqRel) {
-            tracing::warn!(redis = %self.target, "redis marked down until remembered invalidations are replayed");
-        }
+        let mut pending = self.pending.lock().await;
+        push(&mut pending);
+        self.up.store(false, Ordering::Release);
         self.wake_monitor.notify_one();
     }
 
@@ -358,6 +425,13 @@ impl Redis {
         self.replayed.load(Ordering::Relaxed)
     }
 
+    fn connection_lost(&self, what: &str) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(redis = %self.target, event = what, "redis connection lost; verifying before serving from it again");
+        }
+        self.wake_monitor.notify_one();
+    }
+
     fn mark_down(&self, err: &BackendError) {
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(redis = %self.target, error = %err, "redis marked down");
@@ -373,30 +447,43 @@ impl Redis {
     }
 
     fn classify(&self, err: &Error) -> BackendError {
+        let details = err.details();
         match err.kind() {
             ErrorKind::Timeout => BackendError::Timeout {
                 tier: TIER,
                 budget: self.budget,
             },
-            ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Backpressure | ErrorKind::NotFound => {
-                BackendError::Unavailable {
-                    tier: TIER,
-                    reason: err.details().to_owned(),
+            // An error reply from Redis itself: the command reached it and failed there. (fred also reports
+            // some client-side conditions, e.g. "Failed to route command.", as Unknown: those are outages.)
+            ErrorKind::Unknown
+            | ErrorKind::InvalidCommand
+            | ErrorKind::InvalidArgument
+            | ErrorKind::Parse => {
+                if details.starts_with("OOM") {
+                    BackendError::Refused {
+                        tier: TIER,
+                        reason: details.to_owned(),
+                    }
+                } else if ["ERR", "WRONGTYPE", "NOSCRIPT", "NOPERM", "EXECABORT"]
+                    .iter()
+                    .any(|p| details.starts_with(p))
+                {
+                    BackendError::Internal {
+                        tier: TIER,
+                        reason: details.to_owned(),
+                    }
+                } else {
+                    BackendError::Unavailable {
+                        tier: TIER,
+                        reason: details.to_owned(),
+                    }
                 }
             }
-            _ if err.details().starts_with("OOM") => BackendError::Refused {
+            // Everything on the client's side of the wire (connection, routing, TLS, auth, backpressure):
+            // Redis could not be used for this call.
+            _ => BackendError::Unavailable {
                 tier: TIER,
-                reason: err.details().to_owned(),
-            },
-            _ if err.details().contains("LOADING") || err.details().contains("BUSY") => {
-                BackendError::Unavailable {
-                    tier: TIER,
-                    reason: err.details().to_owned(),
-                }
-            }
-            _ => BackendError::Internal {
-                tier: TIER,
-                reason: err.details().to_owned(),
+                reason: details.to_owned(),
             },
         }
     }
@@ -646,48 +733,56 @@ impl Redis {
                         .set(marker.as_str(), run_id.as_str(), None, None, false),
                 )
                 .await?;
-            self.pending.lock().everything = false;
+            self.pending.lock().await.everything = false;
         }
         *self.verified_run_id.lock() = Some(run_id);
-        let pending = std::mem::take(&mut *self.pending.lock());
-        if !pending.is_empty() {
-            let result = self.replay(&pending).await;
-            if let Err(e) = result {
-                // Put everything back (plus whatever piled up meanwhile) and try again later.
-                let mut p = self.pending.lock();
-                p.targets.extend(pending.targets);
-                p.uncertain.extend(pending.uncertain);
-                p.everything |= pending.everything;
+        // Replay what piled up, in rounds, outside the lock (writers keep failing over meanwhile) ...
+        for _ in 0..8 {
+            let batch = std::mem::take(&mut *self.pending.lock().await);
+            if batch.len() <= 64 && !batch.everything && !batch.late_writes {
+                self.pending.lock().await.merge(batch);
+                break;
+            }
+            if let Err(e) = self.replay(&batch).await {
+                self.pending.lock().await.merge(batch);
                 return Err(e);
             }
         }
-        let pending = self.pending.lock();
-        if pending.is_empty() {
-            self.up.store(true, Ordering::Release);
-            self.recoveries.fetch_add(1, Ordering::AcqRel);
-            drop(pending);
-            tracing::info!(redis = %self.target, "redis verified and serving");
-            Ok(())
-        } else {
-            Err(BackendError::Unavailable {
-                tier: TIER,
-                reason: "more invalidations arrived during recovery".into(),
-            })
+        // ... then the rest while holding the lock, and mark Redis up before anyone can remember more.
+        let mut pending = self.pending.lock().await;
+        let batch = std::mem::take(&mut *pending);
+        if let Err(e) = self.replay(&batch).await {
+            pending.merge(batch);
+            return Err(e);
         }
+        self.up.store(true, Ordering::Release);
+        self.recoveries.fetch_add(1, Ordering::AcqRel);
+        drop(pending);
+        tracing::info!(redis = %self.target, "redis verified and serving");
+        Ok(())
     }
 
     async fn replay(&self, pending: &Pending) -> Result<(), BackendError> {
-        if !pending.uncertain.is_empty() {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if pending.late_writes {
             tokio::time::sleep(SETTLE_DELAY).await;
         }
         if pending.everything {
             self.invalidate_all().await?;
         }
+        // Keys (invalidated or uncertain) go in batches; selectors and patterns one by one.
+        let mut keys: Vec<String> = pending.uncertain.iter().map(|k| k.to_string()).collect();
         for target in &pending.targets {
-            self.apply(target).await?;
+            match target {
+                Target::Key(key) => keys.push(key.storage_key.to_string()),
+                other => {
+                    self.apply(other).await?;
+                }
+            }
         }
-        let uncertain: Vec<String> = pending.uncertain.iter().map(|k| k.to_string()).collect();
-        self.delete_keys(uncertain, "").await?;
+        self.delete_keys(keys, "").await?;
         let n = pending.targets.len() as u64
             + pending.uncertain.len() as u64
             + u64::from(pending.everything);
@@ -842,7 +937,7 @@ impl Backend for Redis {
                 if matches!(e, BackendError::Timeout { .. }) {
                     // fred cannot cancel a written command: the write may still land after a later
                     // invalidation. Delete it again when Redis is verified.
-                    self.remember_uncertain(key);
+                    self.remember_late_write(key).await;
                 }
                 Err(e)
             }

@@ -111,7 +111,7 @@ impl Backend for Tiered {
                 Err(_) => {}
             }
         }
-        self.redis.remember(target.clone());
+        self.redis.remember(target.clone()).await;
         self.served_by_memory();
         Ok(from_memory)
     }

@@ -197,11 +197,11 @@ impl Inner {
         let stored_len = stored.len() as u64;
         let envelope = codec::encode(&header, codec, &stored);
         drop(stored);
-        let stored_flag = self
+        let outcome = self
             .backend
             .set(&key, envelope, ttl, only_if_absent)
             .await?;
-        if !stored_flag {
+        if !outcome.stored {
             return Ok(pb::SetResponse {
                 stored: false,
                 entry: None,
@@ -209,7 +209,13 @@ impl Inner {
         }
         self.metrics
             .record_set(key.tags.cache_type, size, stored_len);
-        let entry = entry_message(&key, &header, codec, stored_len, None);
+        let origin = Origin {
+            tier: outcome.tier,
+            fallback: outcome.fallback,
+            access_count: 0,
+            last_accessed_ms: header.created_at_ms,
+        };
+        let entry = entry_message(&key, &header, codec, stored_len, &origin);
         Ok(pb::SetResponse {
             stored: true,
             entry: Some(entry),
@@ -261,7 +267,7 @@ impl Inner {
             &envelope.header,
             envelope.codec,
             envelope.payload.len() as u64,
-            Some(&hit),
+            &Origin::of_hit(&hit),
         );
         Ok(pb::GetResponse {
             found: true,
@@ -305,15 +311,14 @@ impl Inner {
                 .into());
             }
         };
-        let removed = self.backend.invalidate(&target).await?;
+        let removed_by_type = self.backend.invalidate(&target).await?;
+        let removed = removed_by_type.total();
         self.metrics.invalidated.fetch_add(removed, Relaxed);
-        let per_type = match &target {
-            Target::Key(k) => Some(k.tags.cache_type),
-            Target::Selector(s) => s.cache_type,
-            _ => None,
-        };
-        if let Some(t) = per_type {
-            self.metrics.of(t).invalidations.fetch_add(removed, Relaxed);
+        for t in crate::keys::CacheType::ALL {
+            self.metrics
+                .of(t)
+                .invalidations
+                .fetch_add(removed_by_type.of(t), Relaxed);
         }
         tracing::info!(target = target_label(&target), removed, "invalidated");
         Ok(removed)
@@ -462,39 +467,47 @@ fn timestamp(ms: u64) -> prost_types::Timestamp {
     }
 }
 
+/// Where an answered entry came from, and how it has been read.
+struct Origin {
+    tier: TierKind,
+    fallback: bool,
+    access_count: u64,
+    last_accessed_ms: u64,
+}
+
+impl Origin {
+    fn of_hit(hit: &Hit) -> Self {
+        Self {
+            tier: hit.tier,
+            fallback: hit.fallback,
+            access_count: hit.access_count,
+            last_accessed_ms: now_ms(),
+        }
+    }
+}
+
 fn entry_message(
     key: &Key,
     header: &Header,
     codec: Codec,
     stored_bytes: u64,
-    hit: Option<&Hit>,
+    origin: &Origin,
 ) -> pb::CacheEntry {
     let compression = match codec {
         Codec::None => pb::Compression::None,
         Codec::Gzip => pb::Compression::Gzip,
         Codec::Zstd => pb::Compression::Zstd,
     };
-    let (tier, status, access_count, last_accessed_ms) = match hit {
-        Some(h) => (
-            match h.tier {
-                TierKind::Memory => pb::Tier::Memory,
-                TierKind::Redis => pb::Tier::Redis,
-            },
-            if h.fallback {
-                pb::EntryStatus::Fallback
-            } else {
-                pb::EntryStatus::Valid
-            },
-            h.access_count,
-            now_ms(),
-        ),
-        None => (
-            pb::Tier::Unspecified,
-            pb::EntryStatus::Valid,
-            0,
-            header.created_at_ms,
-        ),
+    let tier = match origin.tier {
+        TierKind::Memory => pb::Tier::Memory,
+        TierKind::Redis => pb::Tier::Redis,
     };
+    let status = if origin.fallback {
+        pb::EntryStatus::Fallback
+    } else {
+        pb::EntryStatus::Valid
+    };
+    let (access_count, last_accessed_ms) = (origin.access_count, origin.last_accessed_ms);
     pb::CacheEntry {
         key: key.storage_key.to_string(),
         r#type: key.tags.cache_type.to_proto() as i32,

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use quick_cache::{OptionsBuilder, Weighter};
 
-use super::{Backend, BackendError, BackendStats, Hit, Target, TierKind, now_ms};
+use super::{Backend, BackendError, BackendStats, Hit, Removed, Stored, Target, TierKind, now_ms};
 use crate::keys::{Key, KeyTags, glob_match};
 
 /// Bytes of bookkeeping charged per entry on top of its key and envelope.
@@ -133,7 +133,7 @@ impl Memory {
         }))
     }
 
-    fn remove_matching(&self, mut matches: impl FnMut(&str, &MemEntry) -> bool) -> u64 {
+    fn remove_matching(&self, mut matches: impl FnMut(&str, &MemEntry) -> bool) -> Removed {
         let now = now_ms();
         let doomed: Vec<Arc<str>> = self
             .cache
@@ -141,10 +141,12 @@ impl Memory {
             .filter(|(k, v)| matches(k, v))
             .map(|(k, _)| k)
             .collect();
-        let mut removed = 0;
+        let mut removed = Removed::default();
         for key in doomed {
-            if let Some((_, entry)) = self.cache.remove(&key) {
-                removed += u64::from(entry.is_live(now));
+            if let Some((_, entry)) = self.cache.remove(&key)
+                && entry.is_live(now)
+            {
+                removed.add(entry.tags.cache_type);
             }
         }
         removed
@@ -179,11 +181,16 @@ impl Backend for Memory {
         envelope: Bytes,
         ttl: Duration,
         only_if_absent: bool,
-    ) -> Result<bool, BackendError> {
+    ) -> Result<Stored, BackendError> {
         let entry = self.entry(key, envelope, ttl)?;
+        let stored = |stored| Stored {
+            stored,
+            tier: TierKind::Memory,
+            fallback: false,
+        };
         if !only_if_absent {
             self.cache.insert(key.storage_key.clone(), entry);
-            return Ok(true);
+            return Ok(stored(true));
         }
         let now = now_ms();
         let outcome = self
@@ -195,27 +202,35 @@ impl Backend for Memory {
                     EntryAction::ReplaceWithGuard
                 }
             });
-        Ok(match outcome {
+        Ok(stored(match outcome {
             EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
                 guard.insert(entry).is_ok()
             }
             EntryResult::Retained(()) | EntryResult::Removed(..) | EntryResult::Timeout => false,
-        })
+        }))
     }
 
-    async fn invalidate(&self, target: &Target) -> Result<u64, BackendError> {
+    async fn invalidate(&self, target: &Target) -> Result<Removed, BackendError> {
         let now = now_ms();
         Ok(match target {
-            Target::Key(key) => self
-                .cache
-                .remove(&*key.storage_key)
-                .map_or(0, |(_, e)| u64::from(e.is_live(now))),
+            Target::Key(key) => {
+                let mut removed = Removed::default();
+                if let Some((_, e)) = self.cache.remove(&*key.storage_key)
+                    && e.is_live(now)
+                {
+                    removed.add(e.tags.cache_type);
+                }
+                removed
+            }
             Target::Selector(selector) => self.remove_matching(|_, e| selector.matches(&e.tags)),
             Target::Pattern(pattern) => {
                 self.remove_matching(|k, _| glob_match(pattern.as_bytes(), k.as_bytes()))
             }
             Target::All => {
-                let live = self.cache.iter().filter(|(_, e)| e.is_live(now)).count() as u64;
+                let mut live = Removed::default();
+                for (_, e) in self.cache.iter().filter(|(_, e)| e.is_live(now)) {
+                    live.add(e.tags.cache_type);
+                }
                 self.cache.clear();
                 live
             }
@@ -298,37 +313,12 @@ mod tests {
     #[tokio::test]
     async fn only_if_absent_respects_live_entries_only() {
         let m = memory(64 << 20, 1 << 20);
-        assert!(
-            m.set(
-                &key("a"),
-                Bytes::from_static(b"1"),
-                Duration::from_millis(30),
-                true
-            )
-            .await
-            .unwrap()
-        );
-        assert!(
-            !m.set(
-                &key("a"),
-                Bytes::from_static(b"2"),
-                Duration::from_secs(60),
-                true
-            )
-            .await
-            .unwrap()
-        );
+        let a = key("a");
+        let set = |v: &'static [u8], ttl| m.set(&a, Bytes::from_static(v), ttl, true);
+        assert!(set(b"1", Duration::from_millis(30)).await.unwrap().stored);
+        assert!(!set(b"2", Duration::from_secs(60)).await.unwrap().stored);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(
-            m.set(
-                &key("a"),
-                Bytes::from_static(b"3"),
-                Duration::from_secs(60),
-                true
-            )
-            .await
-            .unwrap()
-        );
+        assert!(set(b"3", Duration::from_secs(60)).await.unwrap().stored);
         assert_eq!(&m.get(&key("a")).await.unwrap().unwrap().envelope[..], b"3");
     }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::keys::{Key, Selector};
+use crate::keys::{CacheType, Key, Selector};
 
 /// Which tier a value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,45 @@ pub struct Hit {
     /// Which tier answered.
     pub tier: TierKind,
     /// Whether the answer comes from the memory fallback during a Redis outage.
+    pub fallback: bool,
+}
+
+/// Entries removed by an invalidation, per cache type (indexed by [`CacheType::index`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed(pub [u64; 5]);
+
+impl Removed {
+    /// Counts one removed entry of type `t`.
+    pub fn add(&mut self, t: CacheType) {
+        self.0[t.index()] += 1;
+    }
+
+    /// Adds another count.
+    pub fn merge(&mut self, other: Removed) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+
+    /// Entries removed in all.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Removed entries of type `t`.
+    pub fn of(&self, t: CacheType) -> u64 {
+        self.0[t.index()]
+    }
+}
+
+/// The outcome of a Set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// Whether the value was stored (false only with `only_if_absent` and a live entry).
+    pub stored: bool,
+    /// The tier that stored it.
+    pub tier: TierKind,
+    /// Whether it went to the memory fallback because Redis was unreachable.
     pub fallback: bool,
 }
 
@@ -144,17 +183,17 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     async fn get(&self, key: &Key) -> Result<Option<Hit>, BackendError>;
 
     /// Stores an envelope for `ttl`. With `only_if_absent`, stores only if no current entry exists and
-    /// returns whether it stored.
+    /// says whether it stored, and where.
     async fn set(
         &self,
         key: &Key,
         envelope: Bytes,
         ttl: Duration,
         only_if_absent: bool,
-    ) -> Result<bool, BackendError>;
+    ) -> Result<Stored, BackendError>;
 
-    /// Removes what `target` names; returns how many entries were removed.
-    async fn invalidate(&self, target: &Target) -> Result<u64, BackendError>;
+    /// Removes what `target` names; returns how many entries of each type were removed.
+    async fn invalidate(&self, target: &Target) -> Result<Removed, BackendError>;
 
     /// Current figures for the Metrics RPC (cheap: costly figures are refreshed in the background).
     fn stats(&self) -> BackendStats;

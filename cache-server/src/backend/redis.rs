@@ -35,7 +35,7 @@ use futures::TryStreamExt as _;
 use parking_lot::Mutex;
 use tokio::sync::{Mutex as AsyncMutex, Notify};
 
-use super::{Backend, BackendError, BackendStats, Hit, Target, TierKind, now_ms};
+use super::{Backend, BackendError, BackendStats, Hit, Removed, Stored, Target, TierKind, now_ms};
 use crate::config::RedisConfig;
 use crate::keys::{CacheType, Key, KeyTags, Keyspace, Selector, glob_match};
 
@@ -82,29 +82,39 @@ end
 return 1
 ";
 
-// KEYS[1] = index; ARGV[1] = batch size, ARGV[2] = keyspace base. Pops members and removes their entries.
-const DRAIN_LUA: &str = r"
-local members = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
-local removed = 0
-local base = ARGV[2]
-for i = 1, #members, 2 do
-  local k = members[i]
-  removed = removed + redis.call('UNLINK', k)
+/// Lua helper shared by the removal scripts: counts a removed key per type, in `CacheType::ALL` order.
+const COUNT_LUA: &str = r"
+local slots = {export_result = 1, metadata = 2, object = 3, user = 4, config = 5}
+local function remove(k, base, counts)
+  if redis.call('UNLINK', k) == 1 then
+    local slot = slots[string.match(string.sub(k, #base + 1), '^([^:]+)')]
+    if slot then counts[slot] = counts[slot] + 1 end
+  end
   redis.call('UNLINK', base .. '~:s:' .. string.sub(k, #base + 1))
 end
-return {removed, #members / 2}
+";
+
+// KEYS[1] = index; ARGV[1] = batch size, ARGV[2] = keyspace base. Pops members and removes their entries.
+// Returns removed counts per type, then how many members were popped.
+const DRAIN_LUA: &str = r"
+local members = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+local counts = {0, 0, 0, 0, 0}
+for i = 1, #members, 2 do
+  remove(members[i], ARGV[2], counts)
+end
+counts[6] = #members / 2
+return counts
 ";
 
 // KEYS = entry keys; ARGV[1] = keyspace base, ARGV[2] = index to remove them from ('' for none).
+// Returns removed counts per type.
 const DELETE_LUA: &str = r"
-local removed = 0
-local base = ARGV[1]
+local counts = {0, 0, 0, 0, 0}
 for i = 1, #KEYS do
-  removed = removed + redis.call('UNLINK', KEYS[i])
-  redis.call('UNLINK', base .. '~:s:' .. string.sub(KEYS[i], #base + 1))
+  remove(KEYS[i], ARGV[1], counts)
   if ARGV[2] ~= '' then redis.call('ZREM', ARGV[2], KEYS[i]) end
 end
-return removed
+return counts
 ";
 
 /// Invalidations and unknown-outcome writes to apply when Redis comes back.
@@ -308,8 +318,8 @@ impl Redis {
             budget,
             get_script: Script::from_lua(GET_LUA),
             set_script: Script::from_lua(SET_LUA),
-            drain_script: Script::from_lua(DRAIN_LUA),
-            delete_script: Script::from_lua(DELETE_LUA),
+            drain_script: Script::from_lua(format!("{COUNT_LUA}{DRAIN_LUA}")),
+            delete_script: Script::from_lua(format!("{COUNT_LUA}{DELETE_LUA}")),
             up: AtomicBool::new(false),
             wake_monitor: Notify::new(),
             pending: AsyncMutex::new(Pending::default()),
@@ -325,20 +335,20 @@ impl Redis {
         // monitor has verified it (run id, replay). Events arrive before fred's reconnect delay elapses.
         for client in redis.pool.clients() {
             let weak = Arc::downgrade(&redis);
-            let _ = client.on_error(move |(err, _server)| {
+            drop(client.on_error(move |(err, _server)| {
                 if let Some(redis) = weak.upgrade() {
                     *redis.last_connection_error.lock() = Some(err.details().to_owned());
                     redis.connection_lost("connection error");
                 }
                 async { Ok(()) }
-            });
+            }));
             let weak = Arc::downgrade(&redis);
-            let _ = client.on_reconnect(move |_server| {
+            drop(client.on_reconnect(move |_server| {
                 if let Some(redis) = weak.upgrade() {
                     redis.connection_lost("reconnected");
                 }
                 async { Ok(()) }
-            });
+            }));
         }
         tokio::spawn(Self::monitor(Arc::downgrade(&redis)));
         Ok(redis)
@@ -378,7 +388,7 @@ impl Redis {
         .await;
     }
 
-    async fn remember_or_apply<F: Future<Output = Result<u64, BackendError>>>(
+    async fn remember_or_apply<F: Future<Output = Result<Removed, BackendError>>>(
         &self,
         mut push: impl FnMut(&mut Pending),
         apply: impl Fn() -> F,
@@ -559,8 +569,8 @@ impl Redis {
     }
 
     /// Removes every member entry of an index (single-dimension selectors, `all`). Cost: its members.
-    async fn drain(&self, index: &str) -> Result<u64, BackendError> {
-        let mut removed = 0;
+    async fn drain(&self, index: &str) -> Result<Removed, BackendError> {
+        let mut removed = Removed::default();
         loop {
             let client = self.pool.next();
             let fut = self.drain_script.evalsha_with_reload::<Value, _, _>(
@@ -571,8 +581,8 @@ impl Redis {
                     Value::from(self.keyspace.base()),
                 ],
             );
-            let (n, popped) = pair(self.call(fut).await?);
-            removed += n;
+            let (n, popped) = removed_counts(&self.call(fut).await?);
+            removed.merge(n);
             if popped < u64::from(DRAIN_BATCH) {
                 return Ok(removed);
             }
@@ -580,7 +590,11 @@ impl Redis {
     }
 
     /// Removes the entries of an index that match a selector (multi-field selectors). Cost: the index size.
-    async fn filter_index(&self, index: &str, selector: &Selector) -> Result<u64, BackendError> {
+    async fn filter_index(
+        &self,
+        index: &str,
+        selector: &Selector,
+    ) -> Result<Removed, BackendError> {
         let client = self.pool.next();
         let mut doomed = Vec::new();
         let mut stream = std::pin::pin!(client.zscan(index.to_owned(), "*", Some(1000)));
@@ -612,20 +626,20 @@ impl Redis {
         self.delete_keys(doomed, index).await
     }
 
-    async fn delete_keys(&self, keys: Vec<String>, index: &str) -> Result<u64, BackendError> {
-        let mut removed = 0;
+    async fn delete_keys(&self, keys: Vec<String>, index: &str) -> Result<Removed, BackendError> {
+        let mut removed = Removed::default();
         for chunk in keys.chunks(DRAIN_BATCH as usize) {
-            let fut = self.delete_script.evalsha_with_reload::<u64, _, _>(
+            let fut = self.delete_script.evalsha_with_reload::<Value, _, _>(
                 self.pool.next(),
                 chunk.to_vec(),
                 vec![self.keyspace.base().to_owned(), index.to_owned()],
             );
-            removed += self.call(fut).await?;
+            removed.merge(removed_counts(&self.call(fut).await?).0);
         }
         Ok(removed)
     }
 
-    async fn invalidate_selector(&self, s: &Selector) -> Result<u64, BackendError> {
+    async fn invalidate_selector(&self, s: &Selector) -> Result<Removed, BackendError> {
         let single = [
             s.cache_type.is_some(),
             s.object_id.is_some(),
@@ -644,7 +658,7 @@ impl Redis {
             (None, Some(u), ..) => self.index_key("u", u),
             (None, None, Some(p), _) => self.index_key("p", p),
             (None, None, None, Some(t)) => self.type_index(t),
-            (None, None, None, None) => return Ok(0),
+            (None, None, None, None) => return Ok(Removed::default()),
         };
         let name_index = s.object_id.is_some() && s.cache_type.is_some_and(|t| !t.is_object());
         if single || (name_index && s.user_id.is_none() && s.project_id.is_none()) {
@@ -654,11 +668,11 @@ impl Redis {
         }
     }
 
-    async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
+    async fn invalidate_pattern(&self, pattern: &str) -> Result<Removed, BackendError> {
         let meta_prefix = format!("{}~:", self.keyspace.base());
         let client = self.pool.next();
         let mut stream = std::pin::pin!(client.scan(pattern.to_owned(), Some(SCAN_COUNT), None));
-        let mut removed = 0;
+        let mut removed = Removed::default();
         loop {
             let page = tokio::time::timeout(self.budget * 4, stream.try_next()).await;
             let mut page = match page {
@@ -682,30 +696,26 @@ impl Redis {
                 })
                 .collect();
             if !keys.is_empty() {
-                removed += self.delete_keys(keys, "").await?;
+                removed.merge(self.delete_keys(keys, "").await?);
             }
             page.next();
         }
         Ok(removed)
     }
 
-    async fn invalidate_all(&self) -> Result<u64, BackendError> {
-        let mut removed = 0;
+    async fn invalidate_all(&self) -> Result<Removed, BackendError> {
+        let mut removed = Removed::default();
         for t in CacheType::ALL {
-            removed += self.drain(&self.type_index(t)).await?;
+            removed.merge(self.drain(&self.type_index(t)).await?);
         }
         Ok(removed)
     }
 
-    async fn apply(&self, target: &Target) -> Result<u64, BackendError> {
+    async fn apply(&self, target: &Target) -> Result<Removed, BackendError> {
         match target {
             Target::Key(key) => {
-                let fut = self.delete_script.evalsha_with_reload::<u64, _, _>(
-                    self.pool.next(),
-                    vec![key.storage_key.to_string()],
-                    vec![self.keyspace.base().to_owned(), String::new()],
-                );
-                self.call(fut).await
+                self.delete_keys(vec![key.storage_key.to_string()], "")
+                    .await
             }
             Target::Selector(s) => self.invalidate_selector(s).await,
             Target::Pattern(p) => self.invalidate_pattern(p).await,
@@ -726,7 +736,7 @@ impl Redis {
             // A Redis we have not verified: new, restarted, or restored from a snapshot that may predate
             // invalidations. Remove every entry of ours it may hold, then record that it is verified.
             let removed = self.invalidate_all().await?;
-            tracing::warn!(redis = %self.target, removed, "redis run id changed (restart or new instance): removed this service's entries");
+            tracing::warn!(redis = %self.target, removed = removed.total(), "redis run id changed (restart or new instance): removed this service's entries");
             let _: () = self
                 .call(
                     self.fast()
@@ -862,14 +872,13 @@ fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-fn pair(v: Value) -> (u64, u64) {
-    match v {
-        Value::Array(items) => {
-            let n = |i: usize| items.get(i).and_then(|v| v.as_u64()).unwrap_or(0);
-            (n(0), n(1))
-        }
-        _ => (0, 0),
-    }
+/// Splits a removal script's reply: counts per type, then (drain only) the members popped.
+fn removed_counts(v: &Value) -> (Removed, u64) {
+    let Value::Array(items) = v else {
+        return (Removed::default(), 0);
+    };
+    let n = |i: usize| items.get(i).and_then(Value::as_u64).unwrap_or(0);
+    (Removed([n(0), n(1), n(2), n(3), n(4)]), n(5))
 }
 
 #[async_trait]
@@ -893,7 +902,7 @@ impl Backend for Redis {
         let mut items = items.into_iter();
         let envelope = match items.next() {
             Some(Value::Bytes(b)) => b,
-            Some(Value::String(s)) => Bytes::from(s.into_inner()),
+            Some(Value::String(s)) => s.into_inner(),
             _ => return Ok(None),
         };
         let access_count = items.next().and_then(|v| v.as_u64()).unwrap_or(1);
@@ -913,7 +922,7 @@ impl Backend for Redis {
         envelope: Bytes,
         ttl: Duration,
         only_if_absent: bool,
-    ) -> Result<bool, BackendError> {
+    ) -> Result<Stored, BackendError> {
         if !self.is_up() {
             return Err(self.unavailable());
         }
@@ -932,7 +941,11 @@ impl Backend for Redis {
             .set_script
             .evalsha_with_reload::<u64, _, _>(self.pool.next(), keys, args);
         match self.call(fut).await {
-            Ok(stored) => Ok(stored == 1),
+            Ok(stored) => Ok(Stored {
+                stored: stored == 1,
+                tier: TierKind::Redis,
+                fallback: false,
+            }),
             Err(e) => {
                 if matches!(e, BackendError::Timeout { .. }) {
                     // fred cannot cancel a written command: the write may still land after a later
@@ -944,7 +957,7 @@ impl Backend for Redis {
         }
     }
 
-    async fn invalidate(&self, target: &Target) -> Result<u64, BackendError> {
+    async fn invalidate(&self, target: &Target) -> Result<Removed, BackendError> {
         if !self.is_up() {
             return Err(self.unavailable());
         }

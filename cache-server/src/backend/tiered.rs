@@ -5,6 +5,8 @@
 //!   capped at the fallback TTL. Answers say so (`status = FALLBACK`, `tier = MEMORY`).
 //! - A write answered by memory during an outage also removes the key from Redis on recovery, so a read
 //!   after the outage never returns a value older than one this server acknowledged.
+//! - A write answered by memory during an outage also removes the key from Redis on recovery, so a read
+//!   after the outage never returns a value older than one this server acknowledged.
 //! - Invalidations always apply to memory; those that cannot reach Redis are remembered by [`Redis`] and
 //!   replayed before Redis serves reads again. The memory tier is emptied at each recovery, so it only ever
 //!   holds what was written during the current outage.
@@ -19,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Backend, BackendError, BackendStats, Hit, Memory, Redis, Target};
+use super::{Backend, BackendError, BackendStats, Hit, Memory, Redis, Removed, Stored, Target};
 use crate::keys::Key;
 
 /// Redis with the memory tier as fallback.
@@ -82,7 +84,7 @@ impl Backend for Tiered {
         envelope: Bytes,
         ttl: Duration,
         only_if_absent: bool,
-    ) -> Result<bool, BackendError> {
+    ) -> Result<Stored, BackendError> {
         if self.redis.is_up() {
             match self
                 .redis
@@ -97,16 +99,32 @@ impl Backend for Tiered {
             }
         }
         self.served_by_memory();
-        self.memory
+        let outcome = self
+            .memory
             .set(key, envelope, ttl.min(self.fallback_ttl), only_if_absent)
-            .await
+            .await?;
+        if outcome.stored {
+            // Redis may hold an older value under this key: delete it on recovery, so that reads after the
+            // outage never go back in time to a value older than one this server acknowledged.
+            self.redis.remember_uncertain(key).await;
+        }
+        Ok(Stored {
+            fallback: true,
+            ..outcome
+        })
     }
 
-    async fn invalidate(&self, target: &Target) -> Result<u64, BackendError> {
+    async fn invalidate(&self, target: &Target) -> Result<Removed, BackendError> {
         let from_memory = self.memory.invalidate(target).await?;
         if self.redis.is_up() {
             match self.redis.invalidate(target).await {
-                Ok(n) => return Ok(n.max(from_memory)),
+                Ok(n) => {
+                    return Ok(if n.total() >= from_memory.total() {
+                        n
+                    } else {
+                        from_memory
+                    });
+                }
                 Err(e) if !e.is_outage() => return Err(e),
                 Err(_) => {}
             }

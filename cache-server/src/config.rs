@@ -15,6 +15,8 @@ use serde::Deserialize;
 
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50051";
+/// Default Prometheus endpoint address.
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9090";
 /// Default Redis host (the original design's `REDIS_HOST`).
 pub const DEFAULT_REDIS_HOST: &str = "localhost";
 /// Default Redis port.
@@ -207,6 +209,9 @@ pub struct Settings {
     /// Log format: text or json [env: LOG_FORMAT] [default: text]
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Prometheus /metrics address, or "off" [env: CACHE_METRICS_LISTEN] [default: 0.0.0.0:9090]
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
     /// Redis settings.
     #[command(flatten)]
     pub redis: RedisSettings,
@@ -286,6 +291,8 @@ pub struct Config {
     pub metrics_refresh_interval: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Where to serve Prometheus `/metrics`; `None` when switched off.
+    pub metrics_listen: Option<SocketAddr>,
     /// Redis connection settings.
     pub redis: RedisConfig,
 }
@@ -417,6 +424,7 @@ impl Settings {
             sweep_interval: env_value(env, "CACHE_SWEEP_INTERVAL")?,
             metrics_refresh_interval: env_value(env, "CACHE_METRICS_REFRESH_INTERVAL")?,
             log_format: env_value(env, "LOG_FORMAT")?,
+            metrics_listen: env_value(env, "CACHE_METRICS_LISTEN")?,
             redis: RedisSettings {
                 url: env_value(env, "REDIS_URL")?,
                 host: env_value(env, "REDIS_HOST")?,
@@ -477,7 +485,8 @@ impl Settings {
             shutdown_grace,
             sweep_interval,
             metrics_refresh_interval,
-            log_format
+            log_format,
+            metrics_listen
         )
     }
 }
@@ -546,6 +555,19 @@ impl Config {
                 DEFAULT_METRICS_REFRESH_INTERVAL,
             ),
             log_format: s.log_format.unwrap_or(LogFormat::Text),
+            metrics_listen: match s.metrics_listen.as_deref().map(str::trim) {
+                None => Some(
+                    DEFAULT_METRICS_LISTEN
+                        .parse()
+                        .expect("valid default address"),
+                ),
+                Some("off" | "none" | "") => None,
+                Some(addr) => Some(addr.parse().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "metrics_listen {addr:?} must be host:port or \"off\""
+                    ))
+                })?),
+            },
             redis: RedisConfig {
                 url: r.url.filter(|u| !u.expose().is_empty()),
                 host: r.host.unwrap_or_else(|| DEFAULT_REDIS_HOST.to_owned()),

@@ -8,7 +8,7 @@
 //! - [`backend`]: the storage trait and its tiers.
 //! - [`service`]: the gRPC handlers.
 //! - [`error`]: the error type and its one mapping to gRPC codes.
-//! - [`metrics`]: hot-path counters.
+//! - [`metrics`]: hot-path counters and their Prometheus rendering; [`prometheus`]: the `/metrics` endpoint.
 //! - [`server`]: wiring, background tasks and graceful shutdown ([`run`]).
 //! - [`telemetry`]: logging setup.
 
@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod metrics;
+pub mod prometheus;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -54,7 +54,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let backend = build_backend(&config)?;
     let metrics = Arc::new(Metrics::default());
-    let service = CacheService::new(config.clone(), backend.clone(), metrics);
+    let service = CacheService::new(config.clone(), backend.clone(), metrics.clone());
     let max_message = config.max_value_bytes as usize + MESSAGE_OVERHEAD_BYTES;
     let cache_server = CacheServiceServer::new(service)
         .max_decoding_message_size(max_message)
@@ -78,6 +78,21 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
     spawn_background(&tasks, &cancel, &config, backend.clone(), health.clone());
+    if let Some(addr) = config.metrics_listen {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
+                let (backend, mode) = (backend.clone(), config.backend.as_str());
+                let render: crate::prometheus::Render =
+                    Arc::new(move || metrics.render_prometheus(mode, &backend.stats()));
+                tasks.spawn(crate::prometheus::serve(listener, render, cancel.clone()));
+            }
+            // Metrics are not a reason to refuse cache traffic: say so loudly and keep serving.
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "metrics endpoint disabled: cannot listen (set --metrics-listen to another address or off)")
+            }
+        }
+    }
 
     set_serving(&health, backend.is_serving()).await;
     let local = listener.local_addr()?;

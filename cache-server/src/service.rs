@@ -14,7 +14,7 @@ use crate::codec::{self, Codec, CompressionPolicy, CompressionRequest, Header};
 use crate::config::{BackendMode, Config};
 use crate::error::CacheError;
 use crate::keys::{InvalidField, Key, Keyspace, options_struct};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, Rpc};
 
 /// Most requests accepted in one GetMany / SetMany.
 pub const MAX_BATCH: usize = 1000;
@@ -79,10 +79,19 @@ impl CacheService {
         &self.inner.metrics
     }
 
-    fn fail(&self, err: CacheError) -> Status {
-        let status = Status::from(err);
-        self.inner.metrics.record_error(status.code());
-        status
+    /// Records the call's latency (and error) and turns the result into the gRPC answer.
+    fn finish<T>(
+        &self,
+        rpc: Rpc,
+        started: Instant,
+        result: Result<T, CacheError>,
+    ) -> Result<Response<T>, Status> {
+        self.inner.metrics.record_latency(rpc, started.elapsed());
+        result.map(Response::new).map_err(|err| {
+            let status = Status::from(err);
+            self.inner.metrics.record_error(rpc, status.code());
+            status
+        })
     }
 }
 
@@ -324,11 +333,63 @@ impl Inner {
         Ok(removed)
     }
 
+    async fn get_many(
+        &self,
+        requests: Vec<pb::GetRequest>,
+    ) -> Result<pb::GetManyResponse, CacheError> {
+        if requests.len() > MAX_BATCH {
+            return Err(InvalidField::new(
+                "requests",
+                format!("has {} items, more than {MAX_BATCH}", requests.len()),
+            )
+            .into());
+        }
+        // Validate every key first so one bad request fails the call before any work is done.
+        for (i, r) in requests.iter().enumerate() {
+            self.keyspace
+                .key(r.key.as_ref(), &format!("requests[{i}].key"))?;
+        }
+        let answers = futures::future::join_all(
+            requests
+                .iter()
+                .enumerate()
+                .map(|(i, r)| async move { self.get(r, &format!("requests[{i}]")).await }),
+        )
+        .await;
+        Ok(pb::GetManyResponse {
+            responses: answers.into_iter().collect::<Result<Vec<_>, _>>()?,
+        })
+    }
+
+    async fn set_many(
+        &self,
+        requests: Vec<pb::SetRequest>,
+    ) -> Result<pb::SetManyResponse, CacheError> {
+        if requests.len() > MAX_BATCH {
+            return Err(InvalidField::new(
+                "requests",
+                format!("has {} items, more than {MAX_BATCH}", requests.len()),
+            )
+            .into());
+        }
+        let plans = requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| self.validate_set(r, &format!("requests[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut responses = Vec::with_capacity(plans.len());
+        for plan in plans {
+            responses.push(self.set(plan).await?);
+        }
+        Ok(pb::SetManyResponse { responses })
+    }
+
     fn metrics_response(&self) -> pb::MetricsResponse {
         let m = &self.metrics;
         let stats = self.backend.stats();
         let (hits, misses) = m.hits_misses();
-        let handled = m.handled.load(Relaxed);
+        let (get, set) = (&m.rpc(Rpc::Get).latency, &m.rpc(Rpc::Set).latency);
+        let handled = get.count() + set.count();
         let logical = m.logical_bytes.load(Relaxed);
         let stored = m.stored_bytes.load(Relaxed);
         let memory_mode = self.config.backend == BackendMode::Memory;
@@ -357,13 +418,27 @@ impl Inner {
                 (row.hits + row.misses + row.sets + row.invalidations > 0).then_some(row)
             })
             .collect();
-        let errors_by_code: HashMap<String, u64> = m
-            .errors
+        let errors_by_code = |count: &dyn Fn(usize) -> u64| -> HashMap<String, u64> {
+            (0..crate::metrics::CODES)
+                .filter_map(|code| {
+                    let n = count(code);
+                    (n > 0).then(|| (code_name(tonic::Code::from_i32(code as i32)).to_owned(), n))
+                })
+                .collect()
+        };
+        let rpcs = Rpc::ALL
             .iter()
-            .enumerate()
-            .filter_map(|(code, n)| {
-                let n = n.load(Relaxed);
-                (n > 0).then(|| (code_name(tonic::Code::from_i32(code as i32)).to_owned(), n))
+            .filter_map(|&rpc| {
+                let c = m.rpc(rpc);
+                let count = c.latency.count();
+                (count > 0).then(|| pb::RpcMetrics {
+                    rpc: rpc.name().to_owned(),
+                    count,
+                    p50_ms: c.latency.quantile(0.50) * 1000.0,
+                    p95_ms: c.latency.quantile(0.95) * 1000.0,
+                    p99_ms: c.latency.quantile(0.99) * 1000.0,
+                    errors_by_code: errors_by_code(&|code| c.errors[code].load(Relaxed)),
+                })
             })
             .collect();
         pb::MetricsResponse {
@@ -380,7 +455,7 @@ impl Inner {
                 avg_response_time_ms: if handled == 0 {
                     0.0
                 } else {
-                    m.handle_micros.load(Relaxed) as f64 / handled as f64 / 1000.0
+                    (get.sum() + set.sum()) / handled as f64 * 1000.0
                 },
                 compression_ratio: if stored == 0 {
                     1.0
@@ -406,7 +481,9 @@ impl Inner {
             memory_rejected: stats.memory_rejected,
             set_count: m.by_type.iter().map(|c| c.sets.load(Relaxed)).sum(),
             invalidated_count: m.invalidated.load(Relaxed),
-            errors_by_code,
+            errors_by_code: errors_by_code(&|code| m.errors_with(code)),
+            rpcs,
+            redis_down_seconds: stats.redis_down_seconds,
         }
     }
 }
@@ -545,8 +622,7 @@ impl pb::cache_service_server::CacheService for CacheService {
     ) -> Result<Response<pb::GetResponse>, Status> {
         let started = Instant::now();
         let result = self.inner.get(request.get_ref(), "").await;
-        self.inner.metrics.record_latency(started.elapsed());
-        result.map(Response::new).map_err(|e| self.fail(e))
+        self.finish(Rpc::Get, started, result)
     }
 
     async fn set(
@@ -558,89 +634,46 @@ impl pb::cache_service_server::CacheService for CacheService {
             Ok(plan) => self.inner.set(plan).await,
             Err(e) => Err(e.into()),
         };
-        self.inner.metrics.record_latency(started.elapsed());
-        result.map(Response::new).map_err(|e| self.fail(e))
+        self.finish(Rpc::Set, started, result)
     }
 
     async fn invalidate(
         &self,
         request: Request<pb::InvalidateRequest>,
     ) -> Result<Response<pb::InvalidateResponse>, Status> {
-        match self.inner.invalidate(request.into_inner()).await {
-            Ok(invalidated) => Ok(Response::new(pb::InvalidateResponse { invalidated })),
-            Err(e) => Err(self.fail(e)),
-        }
+        let started = Instant::now();
+        let result = self
+            .inner
+            .invalidate(request.into_inner())
+            .await
+            .map(|invalidated| pb::InvalidateResponse { invalidated });
+        self.finish(Rpc::Invalidate, started, result)
     }
 
     async fn metrics(
         &self,
         _request: Request<pb::MetricsRequest>,
     ) -> Result<Response<pb::MetricsResponse>, Status> {
-        Ok(Response::new(self.inner.metrics_response()))
+        let started = Instant::now();
+        let response = self.inner.metrics_response();
+        self.finish(Rpc::Metrics, started, Ok(response))
     }
 
     async fn get_many(
         &self,
         request: Request<pb::GetManyRequest>,
     ) -> Result<Response<pb::GetManyResponse>, Status> {
-        let requests = request.into_inner().requests;
-        if requests.len() > MAX_BATCH {
-            return Err(self.fail(
-                InvalidField::new(
-                    "requests",
-                    format!("has {} items, more than {MAX_BATCH}", requests.len()),
-                )
-                .into(),
-            ));
-        }
-        // Validate every key first so one bad request fails the call before any work is done.
-        for (i, r) in requests.iter().enumerate() {
-            if let Err(e) = self
-                .inner
-                .keyspace
-                .key(r.key.as_ref(), &format!("requests[{i}].key"))
-            {
-                return Err(self.fail(e.into()));
-            }
-        }
-        let answers = futures::future::join_all(
-            requests
-                .iter()
-                .enumerate()
-                .map(|(i, r)| async move { self.inner.get(r, &format!("requests[{i}]")).await }),
-        )
-        .await;
-        let responses = answers
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.fail(e))?;
-        Ok(Response::new(pb::GetManyResponse { responses }))
+        let started = Instant::now();
+        let result = self.inner.get_many(request.into_inner().requests).await;
+        self.finish(Rpc::GetMany, started, result)
     }
 
     async fn set_many(
         &self,
         request: Request<pb::SetManyRequest>,
     ) -> Result<Response<pb::SetManyResponse>, Status> {
-        let requests = request.into_inner().requests;
-        if requests.len() > MAX_BATCH {
-            return Err(self.fail(
-                InvalidField::new(
-                    "requests",
-                    format!("has {} items, more than {MAX_BATCH}", requests.len()),
-                )
-                .into(),
-            ));
-        }
-        let plans = requests
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| self.inner.validate_set(r, &format!("requests[{i}]")))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.fail(e.into()))?;
-        let mut responses = Vec::with_capacity(plans.len());
-        for plan in plans {
-            responses.push(self.inner.set(plan).await.map_err(|e| self.fail(e))?);
-        }
-        Ok(Response::new(pb::SetManyResponse { responses }))
+        let started = Instant::now();
+        let result = self.inner.set_many(request.into_inner().requests).await;
+        self.finish(Rpc::SetMany, started, result)
     }
 }

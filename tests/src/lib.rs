@@ -372,6 +372,11 @@ impl TestServer {
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         config.listen = addr;
+        // Tests never bind fixed ports: the default Prometheus port is switched off unless a test asks for
+        // an address of its own.
+        if config.metrics_listen == cache_server::config::DEFAULT_METRICS_LISTEN.parse().ok() {
+            config.metrics_listen = None;
+        }
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(cache_server::run(config.clone(), listener, async move {
             let _ = stop_rx.await;

@@ -120,6 +120,8 @@ pub struct BackendStats {
     pub fallback_served: u64,
     /// Invalidations replayed to Redis after an outage.
     pub invalidations_replayed: u64,
+    /// Seconds Redis has been unreachable since start (including the current outage).
+    pub redis_down_seconds: f64,
 }
 
 /// Why a backend could not serve a call.

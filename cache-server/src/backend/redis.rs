@@ -193,6 +193,9 @@ pub struct Redis {
     verified_run_id: Mutex<Option<String>>,
     replayed: AtomicU64,
     recoveries: AtomicU64,
+    /// Milliseconds Redis was down in past outages, and when the current one began (unix ms, 0 if up).
+    down_total_ms: AtomicU64,
+    down_since_ms: AtomicU64,
     last_connection_error: Arc<Mutex<Option<String>>>,
     memory_bytes: AtomicU64,
     entries: AtomicU64,
@@ -326,6 +329,8 @@ impl Redis {
             verified_run_id: Mutex::new(None),
             replayed: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
+            down_total_ms: AtomicU64::new(0),
+            down_since_ms: AtomicU64::new(now_ms()),
             last_connection_error: Arc::new(Mutex::new(None)),
             memory_bytes: AtomicU64::new(0),
             entries: AtomicU64::new(0),
@@ -409,7 +414,9 @@ impl Redis {
         }
         let mut pending = self.pending.lock().await;
         push(&mut pending);
-        self.up.store(false, Ordering::Release);
+        if self.up.swap(false, Ordering::AcqRel) {
+            self.note_down();
+        }
         self.wake_monitor.notify_one();
     }
 
@@ -435,8 +442,25 @@ impl Redis {
         self.replayed.load(Ordering::Relaxed)
     }
 
+    fn note_down(&self) {
+        let _ =
+            self.down_since_ms
+                .compare_exchange(0, now_ms(), Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    fn down_seconds(&self) -> f64 {
+        let since = self.down_since_ms.load(Ordering::Acquire);
+        let current = if since > 0 {
+            now_ms().saturating_sub(since)
+        } else {
+            0
+        };
+        (self.down_total_ms.load(Ordering::Relaxed) + current) as f64 / 1000.0
+    }
+
     fn connection_lost(&self, what: &str) {
         if self.up.swap(false, Ordering::AcqRel) {
+            self.note_down();
             tracing::warn!(redis = %self.target, event = what, "redis connection lost; verifying before serving from it again");
         }
         self.wake_monitor.notify_one();
@@ -444,6 +468,7 @@ impl Redis {
 
     fn mark_down(&self, err: &BackendError) {
         if self.up.swap(false, Ordering::AcqRel) {
+            self.note_down();
             tracing::warn!(redis = %self.target, error = %err, "redis marked down");
         }
         self.wake_monitor.notify_one();
@@ -767,6 +792,11 @@ impl Redis {
         }
         self.up.store(true, Ordering::Release);
         self.recoveries.fetch_add(1, Ordering::AcqRel);
+        let since = self.down_since_ms.swap(0, Ordering::AcqRel);
+        if since > 0 {
+            self.down_total_ms
+                .fetch_add(now_ms().saturating_sub(since), Ordering::Relaxed);
+        }
         drop(pending);
         tracing::info!(redis = %self.target, "redis verified and serving");
         Ok(())
@@ -812,8 +842,11 @@ impl Redis {
                 tokio::select! { () = redis.wake_monitor.notified() => {}, () = tick => {} }
                 drop(redis);
                 let Some(redis) = this.upgrade() else { return };
-                if redis.is_up() && redis.check_run_id().await.is_err() {
-                    redis.up.store(false, Ordering::Release);
+                if redis.is_up()
+                    && redis.check_run_id().await.is_err()
+                    && redis.up.swap(false, Ordering::AcqRel)
+                {
+                    redis.note_down();
                 }
                 delay = Duration::from_millis(50);
                 continue;
@@ -970,6 +1003,7 @@ impl Backend for Redis {
             redis_memory_bytes: self.memory_bytes.load(Ordering::Relaxed),
             redis_entries: Some(self.entries.load(Ordering::Relaxed)),
             invalidations_replayed: self.replayed(),
+            redis_down_seconds: self.down_seconds(),
             ..BackendStats::default()
         }
     }

@@ -145,6 +145,7 @@ impl Backend for Tiered {
                 redis_memory_bytes: redis.redis_memory_bytes,
                 redis_connected: redis.redis_connected,
                 invalidations_replayed: redis.invalidations_replayed,
+                redis_down_seconds: redis.redis_down_seconds,
                 ..memory
             }
         }

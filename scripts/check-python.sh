@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Python interop: generates a Python client from proto/ with grpcio-tools and runs tests/python/test_interop.py
+# against the release cache-server (Set / Get / Invalidate / Metrics, a 6 MiB value, the message-size options a
+# Python caller needs). Run by scripts/test like every scripts/check-*.sh.
+#
+# Usage: scripts/check-python.sh
+#   CACHE_SERVER_BIN   the server binary (default: target/release/cache-server; build it with
+#                      `cargo build --release -p cache-server`)
+#   PYTHON             the interpreter (default: python3)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON=${PYTHON:-python3}
+export CACHE_SERVER_BIN=${CACHE_SERVER_BIN:-$ROOT/target/release/cache-server}
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    echo "check-python: $PYTHON is not installed; install it with: apt-get install python3 python3-pip" >&2
+    exit 2
+fi
+if ! "$PYTHON" -c 'import grpc, grpc_tools' >/dev/null 2>&1; then
+    echo "check-python: $PYTHON cannot import grpc and grpc_tools; install them with: pip install grpcio grpcio-tools" >&2
+    exit 2
+fi
+if [[ ! -x "$CACHE_SERVER_BIN" ]]; then
+    echo "check-python: $CACHE_SERVER_BIN not found; build it with: cargo build --release -p cache-server" >&2
+    exit 2
+fi
+
+exec "$PYTHON" "$ROOT/tests/python/test_interop.py"

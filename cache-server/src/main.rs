@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cache_server::config::{Config, Settings};
+use cache_server::telemetry;
 use clap::Parser;
 
 /// gRPC cache service (cache.v1.CacheService) with Redis and an in-memory fallback tier.
@@ -30,7 +31,6 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    cache_server::telemetry::init(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -41,10 +41,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let result = runtime.block_on(async {
+        let service_name = env
+            .get("OTEL_SERVICE_NAME")
+            .map_or("cache-server", String::as_str);
+        let endpoint = telemetry::otlp_endpoint(&env);
+        let telemetry = telemetry::init(config.log_format, service_name, endpoint.as_deref())?;
+        let served = serve(config).await;
+        telemetry.shutdown().await;
+        served
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "cache-server failed");
+            eprintln!("cache-server: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -108,6 +108,7 @@ pub async fn run(
         .http2_max_local_error_reset_streams(Some(1024))
         .initial_stream_window_size(Some(1 << 20))
         .initial_connection_window_size(Some(8 << 20))
+        .trace_fn(crate::telemetry::grpc_span)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

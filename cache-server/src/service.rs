@@ -87,11 +87,18 @@ impl CacheService {
         result: Result<T, CacheError>,
     ) -> Result<Response<T>, Status> {
         self.inner.metrics.record_latency(rpc, started.elapsed());
-        result.map(Response::new).map_err(|err| {
-            let status = Status::from(err);
-            self.inner.metrics.record_error(rpc, status.code());
-            status
-        })
+        match result {
+            Ok(answer) => {
+                crate::telemetry::record_status(tonic::Code::Ok);
+                Ok(Response::new(answer))
+            }
+            Err(err) => {
+                let status = Status::from(err);
+                self.inner.metrics.record_error(rpc, status.code());
+                crate::telemetry::record_status(status.code());
+                Err(status)
+            }
+        }
     }
 }
 
@@ -206,10 +213,8 @@ impl Inner {
         let stored_len = stored.len() as u64;
         let envelope = codec::encode(&header, codec, &stored);
         drop(stored);
-        let outcome = self
-            .backend
-            .set(&key, envelope, ttl, only_if_absent)
-            .await?;
+        let outcome = self.backend.set(&key, envelope, ttl, only_if_absent);
+        let outcome = crate::telemetry::traced("backend.set", outcome).await?;
         if !outcome.stored {
             return Ok(pb::SetResponse {
                 stored: false,
@@ -238,7 +243,7 @@ impl Inner {
             format!("{field}.key")
         };
         let key = self.keyspace.key(req.key.as_ref(), &path)?;
-        let hit = self.backend.get(&key).await?;
+        let hit = crate::telemetry::traced("backend.get", self.backend.get(&key)).await?;
         let cache_type = key.tags.cache_type;
         let Some(hit) = hit else {
             self.metrics.record_get(cache_type, false);
@@ -320,7 +325,9 @@ impl Inner {
                 .into());
             }
         };
-        let removed_by_type = self.backend.invalidate(&target).await?;
+        let removed_by_type =
+            crate::telemetry::traced("backend.invalidate", self.backend.invalidate(&target))
+                .await?;
         let removed = removed_by_type.total();
         self.metrics.invalidated.fetch_add(removed, Relaxed);
         for t in crate::keys::CacheType::ALL {

@@ -95,13 +95,14 @@ b64file() { python3 -c 'import base64,sys; print(base64.b64encode(open(sys.argv[
 
 # --- start the server ------------------------------------------------------------------------------------------
 PORT="$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')"
+METRICS_PORT="$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')"
 ADDR="127.0.0.1:$PORT"
 # Hermetic: the checks rely on the defaults (prefix, namespace, thresholds), so drop inherited settings.
 unset_args=()
 while IFS= read -r name; do
     unset_args+=(-u "$name")
 done < <(compgen -e | grep -E '^(CACHE_|REDIS_|LOG_FORMAT$)' || true)
-env "${unset_args[@]}" "$BIN" --backend memory --listen "$ADDR" >"$TMP/server.log" 2>&1 &
+env "${unset_args[@]}" "$BIN" --backend memory --listen "$ADDR" --metrics-listen "127.0.0.1:$METRICS_PORT" >"$TMP/server.log" 2>&1 &
 SERVER_PID=$!
 
 gc() { grpcurl -plaintext -max-time 30 "$@"; }
@@ -207,6 +208,26 @@ check_health() {
     jcheck "$TMP/health-svc.json" 'eq(r.get("status"), "SERVING", "Health/Check service=cache.v1.CacheService")'
 }
 check "health: \"\" and cache.v1.CacheService are SERVING" check_health
+
+check_health_subcommand() {
+    "$BIN" health-check --endpoint "http://$ADDR" >"$TMP/hc.out"
+    grep -q SERVING "$TMP/hc.out"
+    if "$BIN" health-check --endpoint "http://127.0.0.1:1" --timeout 300ms >/dev/null; then
+        echo "health-check answered 0 for a port with no server" >&2
+        return 1
+    fi
+}
+check "cache-server health-check exits 0 on SERVING and 1 when nothing answers" check_health_subcommand
+
+check_prometheus() {
+    python3 - "$METRICS_PORT" <<'PY'
+import sys, urllib.request
+body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+for needle in ('cache_info{mode="memory"} 1', "# TYPE cache_request_duration_seconds histogram", "cache_memory_capacity_bytes"):
+    assert needle in body, f"{needle!r} missing from /metrics"
+PY
+}
+check "Prometheus /metrics answers on its own port with cache_ metrics" check_prometheus
 
 META_JSON='{"name":"Wall 42","storeys":3,"tags":["load-bearing","exterior"],"unicode":"Düsseldorf ✓"}'
 check_set_get_metadata() {

@@ -19,10 +19,85 @@ struct Cli {
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Asks a running server's grpc.health.v1 service; exits 0 when SERVING, 1 otherwise (for Docker's
+    /// HEALTHCHECK and scripts).
+    HealthCheck {
+        /// The server to ask.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        endpoint: String,
+        /// The service to ask about ("" for the whole process).
+        #[arg(long, default_value = "cache.v1.CacheService")]
+        service: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s")]
+        timeout: cache_server::config::HumanDuration,
+    },
+}
+
+/// Runs `health-check`: one grpc.health.v1 Check within `timeout`.
+fn health_check(endpoint: String, service: String, timeout: std::time::Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("health-check: failed to start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect()
+            .await?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let status = client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.clone(),
+            })
+            .await?
+            .into_inner()
+            .status;
+        anyhow::Ok(status)
+    });
+    match answer {
+        Ok(status)
+            if status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 =>
+        {
+            println!("{endpoint} {service:?}: SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            let name = tonic_health::pb::health_check_response::ServingStatus::try_from(status)
+                .map_or("UNKNOWN", |s| s.as_str_name());
+            println!("{endpoint} {service:?}: {name}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("{endpoint} {service:?}: no answer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::HealthCheck {
+        endpoint,
+        service,
+        timeout,
+    }) = cli.command
+    {
+        return health_check(endpoint, service, timeout.0);
+    }
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let config = match Config::load(cli.settings, cli.config, &env) {
         Ok(c) => c,

@@ -5,7 +5,7 @@
 //! | `INVALID_ARGUMENT` ("field.path: reason") | [`Error::InvalidArgument`] | no |
 //! | `UNAVAILABLE` (no tier could serve, or no connection) | [`Error::Unavailable`] | yes (retried by the client) |
 //! | `DEADLINE_EXCEEDED`, or the call's deadline ran out | [`Error::Timeout`] | yes (not retried: the budget is spent) |
-//! | `RESOURCE_EXHAUSTED` | [`Error::ResourceExhausted`] | no |
+//! | `RESOURCE_EXHAUSTED`, or a message over a size limit | [`Error::ResourceExhausted`] | no |
 //! | anything else (`INTERNAL`, `UNAUTHENTICATED`, ...) | [`Error::Other`] | no |
 //!
 //! A miss is not an error: reads answer `Ok(None)`.
@@ -143,6 +143,11 @@ impl From<Status> for Error {
             // tonic reports its own deadline (client `grpc-timeout` or server `timeout`) as CANCELLED.
             Code::Cancelled if status.message() == "Timeout expired" => Self::Timeout(status),
             Code::ResourceExhausted => Self::ResourceExhausted(status),
+            // tonic reports a message over a size limit (ours on a response, the server's on a request) as
+            // OUT_OF_RANGE; gRPC's other stacks say RESOURCE_EXHAUSTED.
+            Code::OutOfRange if status.message().contains("message length too large") => {
+                Self::ResourceExhausted(status)
+            }
             _ => Self::Other(status),
         }
     }
@@ -198,6 +203,12 @@ mod tests {
         ));
         assert!(matches!(
             Error::from(Status::resource_exhausted("full")),
+            Error::ResourceExhausted(_)
+        ));
+        assert!(matches!(
+            Error::from(Status::out_of_range(
+                "Error, decoded message length too large: found 6291466 bytes, the limit is: 1048576 bytes"
+            )),
             Error::ResourceExhausted(_)
         ));
         assert!(matches!(

@@ -170,6 +170,10 @@ impl Pending {
             self.targets.clear();
             self.uncertain.clear();
             self.everything = true;
+        } else if let Target::Key(key) = target {
+            // Keys are remembered once however often they are invalidated: the list is bounded by the
+            // distinct keys touched during the outage, not by the call rate.
+            self.uncertain.insert(key.storage_key);
         } else {
             self.targets.push(target);
         }
@@ -768,7 +772,6 @@ impl Redis {
                         .set(marker.as_str(), run_id.as_str(), None, None, false),
                 )
                 .await?;
-            self.pending.lock().await.everything = false;
         }
         *self.verified_run_id.lock() = Some(run_id);
         // Replay what piled up, in rounds, outside the lock (writers keep failing over meanwhile) ...

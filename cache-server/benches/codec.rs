@@ -9,6 +9,9 @@
 //! (one group: `cargo bench -p cache-server --bench codec -- envelope_decode`;
 //! smoke test, every benchmark once: `cargo bench -p cache-server --bench codec -- --test`).
 
+// `criterion_group!` generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -177,6 +180,14 @@ fn bench_compression(c: &mut Criterion) {
                 b.iter(|| codec::compress(black_box(v), request, &policy))
             });
         }
+        // The server's level is 3; level 1 is what a Set-heavy deployment could trade ratio for.
+        let level_1 = CompressionPolicy {
+            zstd_level: 1,
+            ..policy
+        };
+        compress.bench_with_input(BenchmarkId::new("zstd-1", label(size)), &value, |b, v| {
+            b.iter(|| codec::compress(black_box(v), CompressionRequest::Zstd, &level_1))
+        });
         // AUTO is what most callers send: below the threshold it must cost nothing (a reference-count bump).
         compress.bench_with_input(BenchmarkId::new("auto", label(size)), &value, |b, v| {
             b.iter(|| codec::compress(black_box(v), CompressionRequest::Auto, &policy))

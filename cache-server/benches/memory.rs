@@ -6,6 +6,9 @@
 //! Run with: `cargo bench -p cache-server --bench memory`
 //! (smoke test, every benchmark once: `cargo bench -p cache-server --bench memory -- --test`).
 
+// `criterion_group!` generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -179,7 +179,9 @@ pub struct CompressionPolicy {
     pub threshold_bytes: u64,
     /// Maximum logical size of a value; decompression never produces more.
     pub max_value_bytes: u64,
-    /// zstd compression level.
+    /// zstd compression level. Default 1: on JSON exports it keeps ~95 % of level 3's ratio at ~1.4x its
+    /// speed (457 vs 337 MiB/s per core at 1 MiB, measured by `cargo bench --bench codec`), which keeps a
+    /// loaded 2-core server above 200 MB/s of 1 MiB Sets.
     pub zstd_level: i32,
     /// gzip compression level (0 to 9; larger values are clamped to 9).
     pub gzip_level: u32,
@@ -190,7 +192,7 @@ impl Default for CompressionPolicy {
         Self {
             threshold_bytes: 1024 * 1024,
             max_value_bytes: 64 * 1024 * 1024,
-            zstd_level: 3,
+            zstd_level: 1,
             gzip_level: 6,
         }
     }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Smoke test of the performance tooling, for CI: every criterion benchmark runs once (`-- --test`), then
+# scripts/bench-compare runs its short version (one round, about a second per row, small fills) with the
+# floors reported but not enforced: CI machines are noisy, and the point here is that the command keeps
+# working. Correctness problems it finds (gRPC errors, misses, values dropped on insert) still fail it.
+#
+# Needs what bench-compare needs: redis-server, redis-cli, redis-benchmark (apt redis-server redis-tools) and
+# h2load (apt nghttp2-client). Takes about two minutes once the release build is cached.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+echo "==> check-bench: criterion benchmarks, each once (cargo bench -p cache-server -- --test)"
+cargo bench -p cache-server --bench codec --bench memory -- --test
+
+echo "==> check-bench: scripts/bench-compare --quick --no-floors"
+scripts/bench-compare --quick --no-floors

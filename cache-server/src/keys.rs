@@ -399,7 +399,8 @@ fn needs_escape(c: char) -> bool {
     )
 }
 
-fn escape_into(out: &mut String, component: &str) {
+/// Appends `component` percent-escaped as in rendered keys (`%`, `:`, glob characters, braces, space).
+pub fn escape_into(out: &mut String, component: &str) {
     for c in component.chars() {
         if needs_escape(c) {
             let _ = write!(out, "%{:02X}", c as u32);

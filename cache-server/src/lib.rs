@@ -10,7 +10,7 @@
 //! - [`error`]: the error type and its one mapping to gRPC codes.
 //! - [`metrics`]: hot-path counters and their Prometheus rendering; [`prometheus`]: the `/metrics` endpoint.
 //! - [`server`]: wiring, background tasks and graceful shutdown ([`run`]).
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logs and OpenTelemetry traces.
 
 pub mod backend;
 pub mod codec;

@@ -567,7 +567,7 @@ impl Redis {
 
     fn index_key(&self, dimension: &str, value: &str) -> String {
         let mut key = format!("{}~:i:{dimension}:", self.keyspace.base());
-        escape_into(&mut key, value);
+        crate::keys::escape_into(&mut key, value);
         key
     }
 
@@ -886,19 +886,6 @@ impl Redis {
             return Err(self.unavailable());
         }
         Ok(())
-    }
-}
-
-fn escape_into(out: &mut String, value: &str) {
-    for c in value.chars() {
-        if matches!(
-            c,
-            '%' | ':' | '*' | '?' | '[' | ']' | '\\' | '{' | '}' | ' '
-        ) {
-            out.push_str(&format!("%{:02X}", c as u32));
-        } else {
-            out.push(c);
-        }
     }
 }
 

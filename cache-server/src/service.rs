@@ -236,14 +236,18 @@ impl Inner {
         })
     }
 
-    async fn get(&self, req: &pb::GetRequest, field: &str) -> Result<pb::GetResponse, CacheError> {
-        let path = if field.is_empty() {
-            "key".to_owned()
-        } else {
-            format!("{field}.key")
-        };
-        let key = self.keyspace.key(req.key.as_ref(), &path)?;
-        let hit = crate::telemetry::traced("backend.get", self.backend.get(&key)).await?;
+    async fn get(&self, req: &pb::GetRequest) -> Result<pb::GetResponse, CacheError> {
+        let key = self.keyspace.key(req.key.as_ref(), "key")?;
+        self.get_key(&key, req).await
+    }
+
+    /// Get for a key already validated (GetMany validates every key before reading any).
+    async fn get_key(
+        &self,
+        key: &Key,
+        req: &pb::GetRequest,
+    ) -> Result<pb::GetResponse, CacheError> {
+        let hit = crate::telemetry::traced("backend.get", self.backend.get(key)).await?;
         let cache_type = key.tags.cache_type;
         let Some(hit) = hit else {
             self.metrics.record_get(cache_type, false);
@@ -277,7 +281,7 @@ impl Inner {
         };
         self.metrics.record_get(cache_type, true);
         let entry = entry_message(
-            &key,
+            key,
             &envelope.header,
             envelope.codec,
             envelope.payload.len() as u64,
@@ -352,15 +356,18 @@ impl Inner {
             .into());
         }
         // Validate every key first so one bad request fails the call before any work is done.
-        for (i, r) in requests.iter().enumerate() {
-            self.keyspace
-                .key(r.key.as_ref(), &format!("requests[{i}].key"))?;
-        }
+        let keys = requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                self.keyspace
+                    .key(r.key.as_ref(), &format!("requests[{i}].key"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let answers = futures::future::join_all(
-            requests
-                .iter()
-                .enumerate()
-                .map(|(i, r)| async move { self.get(r, &format!("requests[{i}]")).await }),
+            keys.iter()
+                .zip(&requests)
+                .map(|(key, r)| self.get_key(key, r)),
         )
         .await;
         Ok(pb::GetManyResponse {
@@ -628,7 +635,7 @@ impl pb::cache_service_server::CacheService for CacheService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let started = Instant::now();
-        let result = self.inner.get(request.get_ref(), "").await;
+        let result = self.inner.get(request.get_ref()).await;
         self.finish(Rpc::Get, started, result)
     }
 

@@ -140,13 +140,19 @@ impl Pending {
     }
 
     fn delete_later(&mut self, key: &Key) {
+        self.add_key(key.storage_key.clone());
+    }
+
+    /// Keys are remembered once however often they are touched: the set is bounded by the distinct keys
+    /// of the outage, not by the call rate.
+    fn add_key(&mut self, storage_key: Arc<str>) {
         if self.everything {
             return;
         }
         if self.len() >= MAX_PENDING_INVALIDATIONS {
             self.remember(Target::All);
         } else {
-            self.uncertain.insert(key.storage_key.clone());
+            self.uncertain.insert(storage_key);
         }
     }
 
@@ -164,18 +170,15 @@ impl Pending {
         if self.everything {
             return;
         }
-        if matches!(target, Target::All)
-            || self.targets.len() + self.uncertain.len() >= MAX_PENDING_INVALIDATIONS
-        {
-            self.targets.clear();
-            self.uncertain.clear();
-            self.everything = true;
-        } else if let Target::Key(key) = target {
-            // Keys are remembered once however often they are invalidated: the list is bounded by the
-            // distinct keys touched during the outage, not by the call rate.
-            self.uncertain.insert(key.storage_key);
-        } else {
-            self.targets.push(target);
+        match target {
+            Target::Key(key) => self.add_key(key.storage_key),
+            Target::All => {
+                self.targets.clear();
+                self.uncertain.clear();
+                self.everything = true;
+            }
+            _ if self.len() >= MAX_PENDING_INVALIDATIONS => self.remember(Target::All),
+            other => self.targets.push(other),
         }
     }
 }
@@ -628,17 +631,8 @@ impl Redis {
         let mut doomed = Vec::new();
         let mut stream = std::pin::pin!(client.zscan(index.to_owned(), "*", Some(1000)));
         loop {
-            let page = tokio::time::timeout(self.budget * 4, stream.try_next()).await;
-            let mut page = match page {
-                Ok(Ok(Some(page))) => page,
-                Ok(Ok(None)) => break,
-                Ok(Err(e)) => return Err(self.classify(&e)),
-                Err(_) => {
-                    return Err(BackendError::Timeout {
-                        tier: TIER,
-                        budget: self.budget * 4,
-                    });
-                }
+            let Some(mut page) = self.next_page(&mut stream).await? else {
+                break;
             };
             for (member, _) in page.take_results().unwrap_or_default() {
                 if let Some(k) = member.as_string()
@@ -653,6 +647,18 @@ impl Redis {
             page.next();
         }
         self.delete_keys(doomed, index).await
+    }
+
+    /// The next page of a SCAN-family stream, within four command budgets.
+    async fn next_page<P>(
+        &self,
+        stream: &mut (impl futures::Stream<Item = Result<P, Error>> + Unpin),
+    ) -> Result<Option<P>, BackendError> {
+        let budget = self.budget * 4;
+        match tokio::time::timeout(budget, stream.try_next()).await {
+            Ok(page) => page.map_err(|e| self.classify(&e)),
+            Err(_) => Err(BackendError::Timeout { tier: TIER, budget }),
+        }
     }
 
     async fn delete_keys(&self, keys: Vec<String>, index: &str) -> Result<Removed, BackendError> {
@@ -703,17 +709,8 @@ impl Redis {
         let mut stream = std::pin::pin!(client.scan(pattern.to_owned(), Some(SCAN_COUNT), None));
         let mut removed = Removed::default();
         loop {
-            let page = tokio::time::timeout(self.budget * 4, stream.try_next()).await;
-            let mut page = match page {
-                Ok(Ok(Some(page))) => page,
-                Ok(Ok(None)) => break,
-                Ok(Err(e)) => return Err(self.classify(&e)),
-                Err(_) => {
-                    return Err(BackendError::Timeout {
-                        tier: TIER,
-                        budget: self.budget * 4,
-                    });
-                }
+            let Some(mut page) = self.next_page(&mut stream).await? else {
+                break;
             };
             let keys: Vec<String> = page
                 .take_results()

@@ -140,14 +140,11 @@ impl Backend for Tiered {
         BackendStats {
             fallback_active: !redis.redis_connected,
             fallback_served: self.fallback_served.load(Ordering::Relaxed),
-            ..BackendStats {
-                redis_entries: redis.redis_entries,
-                redis_memory_bytes: redis.redis_memory_bytes,
-                redis_connected: redis.redis_connected,
-                invalidations_replayed: redis.invalidations_replayed,
-                redis_down_seconds: redis.redis_down_seconds,
-                ..memory
-            }
+            memory_entries: memory.memory_entries,
+            memory_bytes: memory.memory_bytes,
+            memory_capacity: memory.memory_capacity,
+            memory_rejected: memory.memory_rejected,
+            ..redis
         }
     }
 

@@ -11,12 +11,14 @@
 //! - [`metrics`]: hot-path counters and their Prometheus rendering; [`prometheus`]: the `/metrics` endpoint.
 //! - [`server`]: wiring, background tasks and graceful shutdown ([`run`]).
 //! - [`telemetry`]: logs and OpenTelemetry traces.
+//! - [`malloc`]: glibc allocator settings that keep resident memory near the configured capacity.
 
 pub mod backend;
 pub mod codec;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod malloc;
 pub mod metrics;
 pub mod prometheus;
 pub mod server;

@@ -89,6 +89,7 @@ fn health_check(endpoint: String, service: String, timeout: std::time::Duration)
 }
 
 fn main() -> ExitCode {
+    let malloc = cache_server::malloc::tune();
     let cli = Cli::parse();
     if let Some(Command::HealthCheck {
         endpoint,
@@ -122,6 +123,7 @@ fn main() -> ExitCode {
             .map_or("cache-server", String::as_str);
         let endpoint = telemetry::otlp_endpoint(&env);
         let telemetry = telemetry::init(config.log_format, service_name, endpoint.as_deref())?;
+        tracing::debug!(?malloc, "glibc malloc settings applied");
         let served = serve(config).await;
         telemetry.shutdown().await;
         served

@@ -192,10 +192,10 @@ impl Keyspace {
         let f = |name: &str| format!("{field}.{name}");
         let cache_type = CacheType::from_proto(key.r#type)
             .ok_or_else(|| InvalidField::new(f("type"), "must be set to a known cache type"))?;
-        check_component(&key.id, &f("id"), true)?;
-        check_component(&key.user_id, &f("user_id"), false)?;
-        check_component(&key.project_id, &f("project_id"), false)?;
-        check_component(&key.format, &f("format"), false)?;
+        check_component(&key.id, true, || f("id"))?;
+        check_component(&key.user_id, false, || f("user_id"))?;
+        check_component(&key.project_id, false, || f("project_id"))?;
+        check_component(&key.format, false, || f("format"))?;
         let has_options = key.options.as_ref().is_some_and(|o| !o.fields.is_empty());
         let (format, options_json) = if cache_type == CacheType::ExportResult {
             if key.format.is_empty() {
@@ -264,9 +264,9 @@ impl Keyspace {
                     .ok_or_else(|| InvalidField::new(f("type"), "is not a known cache type"))?,
             ),
         };
-        check_component(&selector.object_id, &f("object_id"), false)?;
-        check_component(&selector.user_id, &f("user_id"), false)?;
-        check_component(&selector.project_id, &f("project_id"), false)?;
+        check_component(&selector.object_id, false, || f("object_id"))?;
+        check_component(&selector.user_id, false, || f("user_id"))?;
+        check_component(&selector.project_id, false, || f("project_id"))?;
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let selector = Selector {
             cache_type,
@@ -369,23 +369,28 @@ impl fmt::Display for Selector {
     }
 }
 
-fn check_component(value: &str, field: &str, required: bool) -> Result<(), InvalidField> {
+/// Checks one key component; `field` names it in the error (built only on error: this runs on every call).
+fn check_component(
+    value: &str,
+    required: bool,
+    field: impl FnOnce() -> String,
+) -> Result<(), InvalidField> {
     if value.is_empty() {
         return if required {
-            Err(InvalidField::new(field, "must not be empty"))
+            Err(InvalidField::new(field(), "must not be empty"))
         } else {
             Ok(())
         };
     }
     if value.len() > MAX_COMPONENT_BYTES {
         return Err(InvalidField::new(
-            field,
+            field(),
             format!("is {} bytes, more than {MAX_COMPONENT_BYTES}", value.len()),
         ));
     }
     if value.chars().any(char::is_control) {
         return Err(InvalidField::new(
-            field,
+            field(),
             "must not contain control characters",
         ));
     }

@@ -103,19 +103,13 @@ impl CacheService {
 }
 
 impl Inner {
-    fn validate_set(&self, req: pb::SetRequest, field: &str) -> Result<SetPlan, InvalidField> {
-        let path = |name: &str| {
-            if field.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{field}.{name}")
-            }
-        };
-        let key = self.keyspace.key(req.key.as_ref(), &path("key"))?;
+    /// Validates a Set; error paths are relative to the request (SetMany prefixes them with `within`).
+    fn validate_set(&self, req: pb::SetRequest) -> Result<SetPlan, InvalidField> {
+        let key = self.keyspace.key(req.key.as_ref(), "key")?;
         let max = self.config.max_value_bytes;
         if req.value.len() as u64 > max {
             return Err(InvalidField::new(
-                path("value"),
+                "value",
                 format!(
                     "is {} bytes, more than the maximum of {max} bytes",
                     req.value.len()
@@ -128,7 +122,7 @@ impl Inner {
         };
         if ttl > self.config.max_ttl {
             return Err(InvalidField::new(
-                path("ttl_seconds"),
+                "ttl_seconds",
                 format!(
                     "is more than the maximum of {} seconds",
                     self.config.max_ttl.as_secs()
@@ -142,20 +136,20 @@ impl Inner {
             Ok(pb::Compression::Zstd) => CompressionRequest::Zstd,
             Err(_) => {
                 return Err(InvalidField::new(
-                    path("compression"),
+                    "compression",
                     format!("{} is not a known compression", req.compression),
                 ));
             }
         };
-        check_text(
-            &req.content_type,
-            MAX_CONTENT_TYPE_BYTES,
-            &path("content_type"),
-        )?;
-        check_text(&req.model_hash, MAX_MODEL_HASH_BYTES, &path("model_hash"))?;
+        check_text(&req.content_type, MAX_CONTENT_TYPE_BYTES, || {
+            "content_type".to_owned()
+        })?;
+        check_text(&req.model_hash, MAX_MODEL_HASH_BYTES, || {
+            "model_hash".to_owned()
+        })?;
         if req.metadata.len() > MAX_METADATA_PAIRS {
             return Err(InvalidField::new(
-                path("metadata"),
+                "metadata",
                 format!(
                     "has {} pairs, more than {MAX_METADATA_PAIRS}",
                     req.metadata.len()
@@ -165,7 +159,7 @@ impl Inner {
         let metadata_bytes: usize = req.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
         if metadata_bytes > MAX_METADATA_BYTES {
             return Err(InvalidField::new(
-                path("metadata"),
+                "metadata",
                 format!("is {metadata_bytes} bytes, more than {MAX_METADATA_BYTES}"),
             ));
         }
@@ -361,7 +355,8 @@ impl Inner {
             .enumerate()
             .map(|(i, r)| {
                 self.keyspace
-                    .key(r.key.as_ref(), &format!("requests[{i}].key"))
+                    .key(r.key.as_ref(), "key")
+                    .map_err(|e| e.within(&format!("requests[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let answers = futures::future::join_all(
@@ -389,7 +384,10 @@ impl Inner {
         let plans = requests
             .into_iter()
             .enumerate()
-            .map(|(i, r)| self.validate_set(r, &format!("requests[{i}]")))
+            .map(|(i, r)| {
+                self.validate_set(r)
+                    .map_err(|e| e.within(&format!("requests[{i}]")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut responses = Vec::with_capacity(plans.len());
         for plan in plans {
@@ -502,16 +500,17 @@ impl Inner {
     }
 }
 
-fn check_text(value: &str, max: usize, field: &str) -> Result<(), InvalidField> {
+/// Checks a free-text field; `field` names it in the error (built only on error).
+fn check_text(value: &str, max: usize, field: impl FnOnce() -> String) -> Result<(), InvalidField> {
     if value.len() > max {
         return Err(InvalidField::new(
-            field,
+            field(),
             format!("is {} bytes, more than {max}", value.len()),
         ));
     }
     if value.chars().any(char::is_control) {
         return Err(InvalidField::new(
-            field,
+            field(),
             "must not contain control characters",
         ));
     }
@@ -644,7 +643,7 @@ impl pb::cache_service_server::CacheService for CacheService {
         request: Request<pb::SetRequest>,
     ) -> Result<Response<pb::SetResponse>, Status> {
         let started = Instant::now();
-        let result = match self.inner.validate_set(request.into_inner(), "") {
+        let result = match self.inner.validate_set(request.into_inner()) {
             Ok(plan) => self.inner.set(plan).await,
             Err(e) => Err(e.into()),
         };

@@ -443,6 +443,103 @@ async fn connects_over_tls_to_a_self_signed_redis() {
 }
 
 /// Stores 10 entries of one object (metadata, object info, 8 export results over formats, options, scopes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_outlive_their_members_and_shed_expired_ones() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let mut client = server.client().await;
+    let index = "cache:default:~:i:t:config";
+    let set = |id: String, ttl_seconds: u32| {
+        let mut req = set_req(key(pb::CacheType::SystemConfig, &id), &b"v"[..]);
+        req.ttl_seconds = ttl_seconds;
+        req
+    };
+    // A long-lived member first, then short-lived ones: the index must outlive the longest member.
+    client.set(set("long".into(), 600)).await.unwrap();
+    for i in 0..20 {
+        client.set(set(format!("short-{i}"), 1)).await.unwrap();
+    }
+    let pttl: i64 = redis.cli(["PTTL", index]).parse().unwrap();
+    assert!(
+        pttl >= 600_000,
+        "the index outlives its longest member: pttl {pttl}"
+    );
+    assert_eq!(redis.cli(["ZCARD", index]), "21");
+
+    // Once the short-lived entries expired, later writes prune them (one write in PRUNE_EVERY prunes).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let prune_every = cache_server::backend::PRUNE_EVERY as usize;
+    for i in 0..prune_every {
+        client.set(set(format!("later-{i}"), 600)).await.unwrap();
+    }
+    let members: u64 = redis.cli(["ZCARD", index]).parse().unwrap();
+    assert_eq!(
+        members,
+        1 + prune_every as u64,
+        "expired members pruned, live ones kept"
+    );
+    // Invalidation by type still finds every live entry through the pruned index.
+    let removed = invalidate(
+        &mut client,
+        Target::Selector(pb::Selector {
+            r#type: pb::CacheType::SystemConfig as i32,
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(removed, 1 + prune_every as u64);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_counts_reach_redis_and_reset_on_overwrite() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let mut client = server.client().await;
+    let k = key(pb::CacheType::ObjectInfo, "counted");
+    client.set(set_req(k.clone(), &b"v"[..])).await.unwrap();
+    for expected in 1..=3u64 {
+        let got = client.get(get_req(k.clone())).await.unwrap().into_inner();
+        assert_eq!(got.entry.unwrap().access_count, expected);
+    }
+    // The server adds counted reads to Redis about once a second, with the entry's TTL.
+    let counter = "cache:default:~:c:object:counted";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cli(["GET", counter]) != "3" {
+        assert!(Instant::now() < deadline, "reads never reached Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ttl: i64 = redis.cli(["TTL", counter]).parse().unwrap();
+    assert!(ttl > 0, "the counter expires with its entry: ttl {ttl}");
+    // A second server sees the flushed count.
+    let other = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let mut other_client = other.client().await;
+    let got = other_client
+        .get(get_req(k.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.entry.unwrap().access_count, 4);
+    while redis.cli(["GET", counter]) != "4" {
+        assert!(
+            Instant::now() < deadline,
+            "the second server's read never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Overwriting starts a new entry: its count starts over.
+    client.set(set_req(k.clone(), &b"w"[..])).await.unwrap();
+    assert_eq!(redis.cli(["EXISTS", counter]), "0");
+    let got = other_client
+        .get(get_req(k.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.entry.unwrap().access_count, 1);
+    other.shutdown().await;
+    server.shutdown().await;
+}
+
 async fn store_object(
     client: &mut pb::cache_service_client::CacheServiceClient<tonic::transport::Channel>,
     id: &str,

@@ -35,7 +35,6 @@ struct MemEntry {
     expires_at_ms: u64,
     tags: KeyTags,
     access_count: AtomicU64,
-    last_access_ms: AtomicU64,
 }
 
 impl MemEntry {
@@ -129,7 +128,6 @@ impl Memory {
             expires_at_ms: now.saturating_add(ttl.as_millis() as u64),
             tags: key.tags.clone(),
             access_count: AtomicU64::new(0),
-            last_access_ms: AtomicU64::new(0),
         }))
     }
 
@@ -165,11 +163,9 @@ impl Backend for Memory {
             return Ok(None);
         }
         let access_count = entry.access_count.fetch_add(1, Ordering::Relaxed) + 1;
-        let previous_access_ms = entry.last_access_ms.swap(now, Ordering::Relaxed);
         Ok(Some(Hit {
             envelope: entry.envelope.clone(),
             access_count,
-            previous_access_ms,
             tier: TierKind::Memory,
             fallback: false,
         }))
@@ -307,7 +303,6 @@ mod tests {
         m.get(&key("a")).await.unwrap();
         let hit = m.get(&key("a")).await.unwrap().unwrap();
         assert_eq!(hit.access_count, 2);
-        assert!(hit.previous_access_ms > 0);
     }
 
     #[tokio::test]

@@ -5,12 +5,13 @@
 //! [`Memory`] is the in-process tier, [`Redis`] the shared primary tier, and [`Tiered`] composes them: Redis
 //! while it is healthy, memory while it is not, with invalidations remembered across the outage.
 
+mod access;
 mod memory;
 mod redis;
 mod tiered;
 
 pub use memory::{Memory, MemoryOptions};
-pub use redis::Redis;
+pub use redis::{PRUNE_EVERY, Redis};
 pub use tiered::Tiered;
 
 use std::fmt;
@@ -37,8 +38,6 @@ pub struct Hit {
     pub envelope: Bytes,
     /// Reads of the entry so far, including this one.
     pub access_count: u64,
-    /// Unix ms of the previous read (0 if this is the first).
-    pub previous_access_ms: u64,
     /// Which tier answered.
     pub tier: TierKind,
     /// Whether the answer comes from the memory fallback during a Redis outage.

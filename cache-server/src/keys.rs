@@ -406,6 +406,10 @@ fn needs_escape(c: char) -> bool {
 
 /// Appends `component` percent-escaped as in rendered keys (`%`, `:`, glob characters, braces, space).
 pub fn escape_into(out: &mut String, component: &str) {
+    if !component.chars().any(needs_escape) {
+        out.push_str(component);
+        return;
+    }
     for c in component.chars() {
         if needs_escape(c) {
             let _ = write!(out, "%{:02X}", c as u32);

@@ -527,15 +527,31 @@ async fn read_counts_reach_redis_and_reset_on_overwrite() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Overwriting starts a new entry: its count starts over.
+    // Overwriting starts a new entry: its count starts over, at once on the server that wrote it...
     client.set(set_req(k.clone(), &b"w"[..])).await.unwrap();
     assert_eq!(redis.cli(["EXISTS", counter]), "0");
-    let got = other_client
-        .get(get_req(k.clone()))
-        .await
-        .unwrap()
-        .into_inner();
+    let got = client.get(get_req(k.clone())).await.unwrap().into_inner();
     assert_eq!(got.entry.unwrap().access_count, 1);
+    // ...and within about a flush interval on the other one (it counted the old value's reads until then).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = other_client
+            .get(get_req(k.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&got.value[..], b"w");
+        let count = got.entry.unwrap().access_count;
+        let flushed: u64 = redis.cli(["GET", counter]).parse().unwrap_or(0);
+        if count <= flushed + 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the other server kept the old count: {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     other.shutdown().await;
     server.shutdown().await;
 }

@@ -1,14 +1,16 @@
 //! Read counts of Redis entries, counted in process and added to Redis in batches.
 //!
 //! A Get that also updated the entry's statistics in Redis cost a Lua call (13 to 19 us of Redis CPU against
-//! 1.6 us for a plain GET, measured with `INFO commandstats`). Instead, a Get reads the entry and its stored
-//! count with one `MGET`, counts the read here, and answers `stored + not yet flushed`. A background task adds
-//! the counts to Redis once per [`FLUSH_INTERVAL`], one Lua call per batch of up to [`FLUSH_BATCH`] keys.
+//! 1.6 us for a plain GET, measured with `INFO commandstats`). Instead, reads are counted here and a
+//! background task adds them to Redis once per [`FLUSH_INTERVAL`] (one Lua call per [`FLUSH_BATCH`] keys);
+//! the call answers each key's new total, which this server then knows. A Get of a key whose total is known
+//! here is a plain `GET`; any other Get reads the stored count with the entry in one `MGET`. The answer is
+//! the total as of the last flush plus the reads counted since.
 //!
 //! The count is exact for reads through one server between flushes, and approximate otherwise: another
 //! replica's reads appear after its next flush, a read that races a flush may miss the flushed amount once,
-//! and reads of a value just overwritten may be added to the new value's count. It is a statistic, never
-//! used to decide anything.
+//! and after another replica overwrites an entry this server may add the old value's total for up to one
+//! flush interval. It is a statistic, never used to decide anything.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -21,12 +23,21 @@ use parking_lot::Mutex;
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Most keys per flush call.
 pub const FLUSH_BATCH: usize = 500;
-/// Most distinct keys remembered between flushes; reads of further keys are not counted until the next flush.
-pub const MAX_PENDING_KEYS: usize = 100_000;
+/// Most keys tracked at once; reads of further keys are counted only in Redis's answer (`MGET` + 1) until
+/// room frees up.
+pub const MAX_TRACKED_KEYS: usize = 100_000;
 const SHARDS: usize = 16;
 
-/// Reads of each key since the last flush.
-type Shard = Mutex<HashMap<Arc<str>, u64>>;
+/// What this server knows of one key's reads.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// The total in Redis as of the last flush (or the `MGET` that started tracking the key).
+    known: u64,
+    /// Reads counted here since.
+    pending: u64,
+}
+
+type Shard = Mutex<HashMap<Arc<str>, Slot>>;
 
 /// Reads counted since the last flush, sharded so concurrent Gets do not contend on one lock.
 #[derive(Debug)]
@@ -45,29 +56,73 @@ impl Default for AccessCounts {
 }
 
 impl AccessCounts {
-    /// Counts one read of `key`; returns the reads of it counted since the last flush, this one included.
-    pub fn record(&self, key: &Arc<str>) -> u64 {
-        let shard = &self.shards[self.hasher.hash_one(&**key) as usize % SHARDS];
-        let mut map = shard.lock();
-        if let Some(n) = map.get_mut(key) {
-            *n += 1;
-            return *n;
-        }
-        if map.len() < MAX_PENDING_KEYS / SHARDS {
-            map.insert(Arc::clone(key), 1);
-        }
-        1
+    fn shard(&self, key: &str) -> &Shard {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
-    /// Takes every count recorded so far, leaving the counters empty.
+    /// Whether this server knows `key`'s total, so a read need not fetch the stored count.
+    pub fn is_tracked(&self, key: &str) -> bool {
+        self.shard(key).lock().contains_key(key)
+    }
+
+    /// Counts one read of `key`; `stored` is the count read from Redis with it, if it was fetched.
+    /// Returns the key's reads so far, this one included.
+    pub fn record(&self, key: &Arc<str>, stored: Option<u64>) -> u64 {
+        let mut map = self.shard(key).lock();
+        if let Some(slot) = map.get_mut(key) {
+            if let Some(n) = stored {
+                slot.known = slot.known.max(n);
+            }
+            slot.pending += 1;
+            return slot.known + slot.pending;
+        }
+        let known = stored.unwrap_or(0);
+        if map.len() < MAX_TRACKED_KEYS / SHARDS {
+            map.insert(Arc::clone(key), Slot { known, pending: 1 });
+        }
+        known + 1
+    }
+
+    /// Takes the reads to flush: every key read since the last take, with its count. Keys not read since
+    /// are no longer tracked (their next read fetches the stored count again).
     pub fn take(&self) -> Vec<(Arc<str>, u64)> {
         let mut out = Vec::new();
         for shard in &*self.shards {
-            let mut map = shard.lock();
-            out.reserve(map.len());
-            out.extend(map.drain());
+            shard.lock().retain(|key, slot| {
+                if slot.pending == 0 {
+                    return false;
+                }
+                out.push((Arc::clone(key), slot.pending));
+                slot.known += slot.pending;
+                slot.pending = 0;
+                true
+            });
         }
         out
+    }
+
+    /// Records the totals Redis answered for flushed keys (0: the entry is gone, stop tracking it).
+    pub fn settle(&self, totals: impl IntoIterator<Item = (Arc<str>, u64)>) {
+        for (key, total) in totals {
+            let mut map = self.shard(&key).lock();
+            if total == 0 {
+                map.remove(&key);
+            } else if let Some(slot) = map.get_mut(&key) {
+                slot.known = total;
+            }
+        }
+    }
+
+    /// Stops tracking `key` (it was overwritten or removed through this server: its count starts over).
+    pub fn forget(&self, key: &str) {
+        self.shard(key).lock().remove(key);
+    }
+
+    /// Stops tracking every key (many entries removed at once, or Redis may have lost its data).
+    pub fn clear(&self) {
+        for shard in &*self.shards {
+            shard.lock().clear();
+        }
     }
 }
 
@@ -75,28 +130,60 @@ impl AccessCounts {
 mod tests {
     use super::*;
 
-    #[test]
-    fn counts_per_key_until_taken() {
-        let counts = AccessCounts::default();
-        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        assert_eq!(counts.record(&a), 1);
-        assert_eq!(counts.record(&a), 2);
-        assert_eq!(counts.record(&b), 1);
-        let mut taken = counts.take();
-        taken.sort();
-        assert_eq!(taken, vec![(a.clone(), 2), (b, 1)]);
-        assert!(counts.take().is_empty());
-        assert_eq!(counts.record(&a), 1, "counting starts over after a take");
+    fn key(s: &str) -> Arc<str> {
+        Arc::from(s)
     }
 
     #[test]
-    fn remembers_a_bounded_number_of_keys() {
+    fn counts_reads_on_top_of_the_stored_total() {
         let counts = AccessCounts::default();
-        for i in 0..MAX_PENDING_KEYS * 2 {
-            counts.record(&Arc::from(i.to_string()));
+        let a = key("a");
+        assert!(!counts.is_tracked(&a));
+        assert_eq!(
+            counts.record(&a, Some(10)),
+            11,
+            "first read fetched the stored 10"
+        );
+        assert!(counts.is_tracked(&a));
+        assert_eq!(counts.record(&a, None), 12);
+        assert_eq!(counts.take(), vec![(a.clone(), 2)]);
+        // Between the take and the flush's answer the total is still right.
+        assert_eq!(counts.record(&a, None), 13);
+        // Redis answers 15: another replica read it twice meanwhile.
+        counts.settle([(a.clone(), 15)]);
+        assert_eq!(counts.record(&a, None), 17);
+    }
+
+    #[test]
+    fn idle_gone_and_forgotten_keys_are_no_longer_tracked() {
+        let counts = AccessCounts::default();
+        let (a, b, c) = (key("a"), key("b"), key("c"));
+        counts.record(&a, Some(0));
+        counts.record(&b, Some(0));
+        counts.record(&c, Some(0));
+        let mut taken = counts.take();
+        taken.sort();
+        assert_eq!(taken, vec![(a.clone(), 1), (b.clone(), 1), (c.clone(), 1)]);
+        counts.settle([(b.clone(), 0)]);
+        assert!(!counts.is_tracked(&b), "entry gone");
+        counts.forget(&c);
+        assert!(!counts.is_tracked(&c), "overwritten here");
+        assert!(counts.is_tracked(&a));
+        assert!(counts.take().is_empty(), "a was not read since");
+        assert!(!counts.is_tracked(&a), "idle for a whole interval");
+        counts.record(&a, Some(5));
+        counts.clear();
+        assert!(!counts.is_tracked(&a));
+    }
+
+    #[test]
+    fn tracks_a_bounded_number_of_keys() {
+        let counts = AccessCounts::default();
+        for i in 0..MAX_TRACKED_KEYS * 2 {
+            assert_eq!(counts.record(&Arc::from(i.to_string()), Some(3)), 4);
         }
         let taken = counts.take();
-        assert!(taken.len() <= MAX_PENDING_KEYS, "{}", taken.len());
-        assert!(taken.len() > MAX_PENDING_KEYS / 2, "{}", taken.len());
+        assert!(taken.len() <= MAX_TRACKED_KEYS, "{}", taken.len());
+        assert!(taken.len() > MAX_TRACKED_KEYS / 2, "{}", taken.len());
     }
 }

@@ -3,7 +3,8 @@
 //! # Layout in Redis (under the keyspace base, default `cache:default:`)
 //! - `<base><rendered>`: the entry, a string holding the encoded envelope, with native expiry (`PX`).
 //! - `<base>~:c:<rendered>`: how many times the entry was read (an integer string), same TTL; read with the
-//!   entry in one `MGET` and incremented in batches (see [`super::access`]).
+//!   entry in one `MGET` (a plain `GET` once this server knows the count) and incremented in batches (see
+//!   [`super::access`]).
 //! - `<base>~:i:o:<id>` (object types), `<base>~:i:n:<type>:<id>` (preference / config names),
 //!   `<base>~:i:u:<user>`, `<base>~:i:p:<project>`, `<base>~:i:t:<type>`: sorted-set indexes of entry keys
 //!   scored by expiry (unix ms). A Set stretches the index's own TTL past its longest member (with a quarter
@@ -56,16 +57,20 @@ pub const PRUNE_EVERY: u64 = 16;
 const SETTLE_DELAY: Duration = Duration::from_millis(200);
 
 // KEYS = entry, its read counter, entry, counter, ...; ARGV = reads to add to each counter. A counter that
-// this call creates gets the entry's remaining TTL, or is removed at once if the entry is gone.
+// this call creates gets the entry's remaining TTL, or is removed at once if the entry is gone. Answers each
+// counter's new total (0 where the entry is gone).
 const FLUSH_LUA: &str = r"
+local totals = {}
 for i = 1, #ARGV do
   local entry, counter, reads = KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[i])
-  if redis.call('INCRBY', counter, reads) == reads then
+  local total = redis.call('INCRBY', counter, reads)
+  if total == reads then
     local ttl = redis.call('PTTL', entry)
-    if ttl > 0 then redis.call('PEXPIRE', counter, ttl) else redis.call('DEL', counter) end
+    if ttl > 0 then redis.call('PEXPIRE', counter, ttl) else redis.call('DEL', counter); total = 0 end
   end
+  totals[i] = total
 end
-return #ARGV
+return totals
 ";
 
 // KEYS[1] = entry, KEYS[2] = its read counter, KEYS[3..] = its indexes; ARGV[1] = envelope, ARGV[2] = TTL ms,
@@ -402,7 +407,9 @@ impl Redis {
     /// than one acknowledged during the outage, or a timed-out write may still land).
     pub async fn remember_uncertain(&self, key: &Key) {
         let target = Target::Key(key.clone());
-        self.remember_or_apply(|p| p.delete_later(key), || self.apply(&target))
+        // `apply` is boxed: its future (every invalidation path) is large and would otherwise be part of
+        // every Set's future.
+        self.remember_or_apply(|p| p.delete_later(key), || Box::pin(self.apply(&target)))
             .await;
     }
 
@@ -415,7 +422,7 @@ impl Redis {
                 p.delete_later(key);
                 p.late_writes = true;
             },
-            || self.apply(&target),
+            || Box::pin(self.apply(&target)),
         )
         .await;
     }
@@ -470,6 +477,8 @@ impl Redis {
     }
 
     fn note_down(&self) {
+        // Redis may come back without its data: read counts are fetched again after recovery.
+        self.access.clear();
         let _ =
             self.down_since_ms
                 .compare_exchange(0, now_ms(), Ordering::AcqRel, Ordering::Relaxed);
@@ -555,17 +564,13 @@ impl Redis {
     where
         F: Future<Output = Result<T, Error>>,
     {
-        let result = if std::env::var_os("EXP_NOTIMEOUT").is_some() {
-            fut.await.map_err(|e| self.classify(&e))
-        } else {
-            match tokio::time::timeout(self.budget, fut).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(self.classify(&e)),
-                Err(_) => Err(BackendError::Timeout {
-                    tier: TIER,
-                    budget: self.budget,
-                }),
-            }
+        let result = match tokio::time::timeout(self.budget, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.classify(&e)),
+            Err(_) => Err(BackendError::Timeout {
+                tier: TIER,
+                budget: self.budget,
+            }),
         };
         if let Err(e) = &result
             && e.is_outage()
@@ -594,21 +599,35 @@ impl Redis {
         key
     }
 
-    fn index_key(&self, dimension: &str, value: &str) -> String {
-        let mut key = format!("{}~:i:{dimension}:", self.keyspace.base());
+    /// `<base>~:i:<dimension parts joined by ':'>:<escaped value>`, built in one allocation (every Set builds
+    /// two to four of these).
+    fn index_key(&self, dimension: &[&str], value: &str) -> String {
+        let base = self.keyspace.base();
+        let mut key = String::with_capacity(base.len() + 24 + value.len());
+        key.push_str(base);
+        key.push_str("~:i:");
+        for part in dimension {
+            key.push_str(part);
+            key.push(':');
+        }
         crate::keys::escape_into(&mut key, value);
         key
     }
 
     fn type_index(&self, t: CacheType) -> String {
-        format!("{}~:i:t:{}", self.keyspace.base(), t.segment())
+        let base = self.keyspace.base();
+        let mut key = String::with_capacity(base.len() + 24);
+        key.push_str(base);
+        key.push_str("~:i:t:");
+        key.push_str(t.segment());
+        key
     }
 
     fn id_index(&self, t: CacheType, id: &str) -> String {
         if t.is_object() {
-            self.index_key("o", id)
+            self.index_key(&["o"], id)
         } else {
-            self.index_key(&format!("n:{}", t.segment()), id)
+            self.index_key(&["n", t.segment()], id)
         }
     }
 
@@ -618,10 +637,10 @@ impl Redis {
             self.type_index(tags.cache_type),
         ];
         if !tags.user_id.is_empty() {
-            keys.push(self.index_key("u", &tags.user_id));
+            keys.push(self.index_key(&["u"], &tags.user_id));
         }
         if !tags.project_id.is_empty() {
-            keys.push(self.index_key("p", &tags.project_id));
+            keys.push(self.index_key(&["p"], &tags.project_id));
         }
         keys
     }
@@ -714,10 +733,10 @@ impl Redis {
         let index = match (&s.object_id, &s.user_id, &s.project_id, s.cache_type) {
             (Some(id), ..) => match s.cache_type {
                 Some(t) if !t.is_object() => self.id_index(t, id),
-                _ => self.index_key("o", id),
+                _ => self.index_key(&["o"], id),
             },
-            (None, Some(u), ..) => self.index_key("u", u),
-            (None, None, Some(p), _) => self.index_key("p", p),
+            (None, Some(u), ..) => self.index_key(&["u"], u),
+            (None, None, Some(p), _) => self.index_key(&["p"], p),
             (None, None, None, Some(t)) => self.type_index(t),
             (None, None, None, None) => return Ok(Removed::default()),
         };
@@ -764,6 +783,10 @@ impl Redis {
     }
 
     async fn apply(&self, target: &Target) -> Result<Removed, BackendError> {
+        match target {
+            Target::Key(key) => self.access.forget(&key.storage_key),
+            _ => self.access.clear(),
+        }
         match target {
             Target::Key(key) => {
                 self.delete_keys(vec![key.storage_key.to_string()], "")
@@ -918,12 +941,22 @@ impl Redis {
                 keys.push(self.counter_key(storage_key));
                 reads.push(*n);
             }
-            let fut =
-                self.flush_script
-                    .evalsha_with_reload::<u64, _, _>(self.pool.next(), keys, reads);
-            if let Err(e) = self.call(fut).await {
-                tracing::debug!(redis = %self.target, error = %e, "read counters not flushed");
-                return;
+            let fut = self.flush_script.evalsha_with_reload::<Vec<u64>, _, _>(
+                self.pool.next(),
+                keys,
+                reads,
+            );
+            match self.call(fut).await {
+                Ok(totals) => self.access.settle(
+                    batch
+                        .iter()
+                        .zip(totals)
+                        .map(|((key, _), total)| (Arc::clone(key), total)),
+                ),
+                Err(e) => {
+                    tracing::debug!(redis = %self.target, error = %e, "read counters not flushed");
+                    return;
+                }
             }
         }
     }
@@ -970,28 +1003,37 @@ impl Backend for Redis {
         if !self.is_up() {
             return Err(self.unavailable());
         }
-        // The entry and its read counter in one plain command: a Lua call here cost 10x the Redis CPU.
-        let keys = vec![
-            key.storage_key.to_string(),
-            self.counter_key(&key.storage_key),
-        ];
-        let reply: Value = if std::env::var_os("EXP_GET").is_some() {
-            let v: Value = self.call(self.pool.next().get(keys[0].clone())).await?;
-            Value::Array(vec![v])
+        // A plain GET when this server knows the entry's read count, else the entry and its stored count in
+        // one MGET (see `access`). fred's command futures are ~7 KB: boxed here, so the future of this method
+        // (which async_trait boxes and moves again) stays small. Fail fast (CRATES.md 2.5): while a lost
+        // connection is not yet detected, the call fails at once and the memory tier answers.
+        let (reply, stored) = if self.access.is_tracked(&key.storage_key) {
+            let reply: Value = self
+                .call(Box::pin(self.fast().get(key.storage_key.to_string())))
+                .await?;
+            (reply, None)
         } else {
-            self.call(self.pool.next().mget(keys)).await?
+            let keys = vec![
+                key.storage_key.to_string(),
+                self.counter_key(&key.storage_key),
+            ];
+            let reply: Value = self.call(Box::pin(self.fast().mget(keys))).await?;
+            let Value::Array(items) = reply else {
+                return Ok(None);
+            };
+            let mut items = items.into_iter();
+            let entry = items.next().unwrap_or(Value::Null);
+            (
+                entry,
+                Some(items.next().and_then(|v| v.as_u64()).unwrap_or(0)),
+            )
         };
-        let Value::Array(items) = reply else {
-            return Ok(None);
-        };
-        let mut items = items.into_iter();
-        let envelope = match items.next() {
-            Some(Value::Bytes(b)) => b,
-            Some(Value::String(s)) => s.into_inner(),
+        let envelope = match reply {
+            Value::Bytes(b) => b,
+            Value::String(s) => s.into_inner(),
             _ => return Ok(None),
         };
-        let flushed = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
-        let access_count = flushed + self.access.record(&key.storage_key);
+        let access_count = self.access.record(&key.storage_key, stored);
         Ok(Some(Hit {
             envelope,
             access_count,
@@ -1020,22 +1062,31 @@ impl Backend for Redis {
             .writes
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(PRUNE_EVERY);
-        let flag = |on: bool| Value::from(if on { "1" } else { "0" });
+        let flag = |on: bool| Value::from_static_str(if on { "1" } else { "0" });
         let args = vec![
             Value::Bytes(envelope),
             Value::from(ttl_ms as i64),
             flag(only_if_absent),
             flag(prune),
         ];
-        let fut = self
-            .set_script
-            .evalsha_with_reload::<u64, _, _>(self.pool.next(), keys, args);
+        // Boxed where it is built: fred's futures are several KB (see `get`).
+        let fut = Box::pin(self.set_script.evalsha_with_reload::<u64, _, _>(
+            self.pool.next(),
+            keys,
+            args,
+        ));
         match self.call(fut).await {
-            Ok(stored) => Ok(Stored {
-                stored: stored == 1,
-                tier: TierKind::Redis,
-                fallback: false,
-            }),
+            Ok(stored) => {
+                if stored == 1 {
+                    // A new entry: its read counter was removed with the old one.
+                    self.access.forget(&key.storage_key);
+                }
+                Ok(Stored {
+                    stored: stored == 1,
+                    tier: TierKind::Redis,
+                    fallback: false,
+                })
+            }
             Err(e) => {
                 if matches!(e, BackendError::Timeout { .. }) {
                     // fred cannot cancel a written command: the write may still land after a later

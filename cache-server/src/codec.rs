@@ -508,6 +508,16 @@ pub fn encode(header: &Header, codec: Codec, payload: &[u8]) -> Bytes {
 /// Verifies the magic, version, codec, header checksum, payload length and payload
 /// checksum, and for [`Codec::None`] that the payload is `size_bytes` long. Never panics.
 pub fn decode(stored: Bytes) -> Result<Envelope, CodecError> {
+    decode_checked(stored, true)
+}
+
+/// [`decode`] without the two checksum passes, for an envelope that never left this process (the memory
+/// tier holds exactly the bytes [`encode`] produced). The structure is still checked; never panics.
+pub fn decode_trusted(stored: Bytes) -> Result<Envelope, CodecError> {
+    decode_checked(stored, false)
+}
+
+fn decode_checked(stored: Bytes, verify_checksums: bool) -> Result<Envelope, CodecError> {
     let magic_len = stored.len().min(MAGIC.len());
     if stored[..magic_len] != MAGIC[..magic_len] {
         return Err(CodecError::BadMagic);
@@ -540,11 +550,13 @@ pub fn decode(stored: Bytes) -> Result<Envelope, CodecError> {
         });
     }
     let header_bytes = &stored[PREFIX_LEN..header_end];
-    if header_crc(prefix, header_bytes) != stored_header_crc {
-        return Err(CodecError::HeaderChecksum);
-    }
-    if crc32c::crc32c(&stored[header_end..]) != payload_crc {
-        return Err(CodecError::PayloadChecksum);
+    if verify_checksums {
+        if header_crc(prefix, header_bytes) != stored_header_crc {
+            return Err(CodecError::HeaderChecksum);
+        }
+        if crc32c::crc32c(&stored[header_end..]) != payload_crc {
+            return Err(CodecError::PayloadChecksum);
+        }
     }
     let header = header_from_bytes(header_bytes)?;
     if codec == Codec::None && header.size_bytes != payload_len {
@@ -793,6 +805,30 @@ mod tests {
     fn full_decode(stored: Bytes, policy: &CompressionPolicy) -> Result<Bytes, CodecError> {
         let env = decode(stored)?;
         decompress(env.codec, &env.payload, env.header.size_bytes, policy)
+    }
+
+    #[test]
+    fn trusted_decode_skips_only_the_checksums() {
+        let value = json_like(4096);
+        let stored = encode(&sample_header(value.len() as u64), Codec::None, &value);
+        let trusted = decode_trusted(stored.clone()).expect("decodes");
+        let checked = decode(stored.clone()).expect("decodes");
+        assert_eq!(trusted.header, checked.header);
+        assert_eq!(trusted.payload, checked.payload);
+        // A flipped payload byte: only the checked decode notices.
+        let mut flipped = stored.to_vec();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            decode(Bytes::from(flipped.clone())),
+            Err(CodecError::PayloadChecksum)
+        ));
+        assert!(decode_trusted(Bytes::from(flipped)).is_ok());
+        // Structure is still checked: a truncated envelope is refused either way.
+        let truncated = stored.slice(..stored.len() - 1);
+        assert!(matches!(
+            decode_trusted(truncated),
+            Err(CodecError::Truncated)
+        ));
     }
 
     #[test]

@@ -21,8 +21,10 @@ use parking_lot::Mutex;
 
 /// How often counted reads are added to Redis.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-/// Most keys per flush call.
-pub const FLUSH_BATCH: usize = 500;
+/// Most keys per flush call: Redis runs a script to the end before anything else, and a batch of fresh
+/// counters costs three commands per key, so batches stay small enough to hold other clients up for a
+/// fraction of a millisecond.
+pub const FLUSH_BATCH: usize = 100;
 /// Most keys tracked at once; reads of further keys are counted only in Redis's answer (`MGET` + 1) until
 /// room frees up.
 pub const MAX_TRACKED_KEYS: usize = 100_000;

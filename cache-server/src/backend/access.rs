@@ -63,22 +63,33 @@ impl AccessCounts {
     }
 
     /// Whether this server knows `key`'s total, so a read need not fetch the stored count.
-    pub fn is_tracked(&self, key: &str) -> bool {
+    #[cfg(test)]
+    fn is_tracked(&self, key: &str) -> bool {
         self.shard(key).lock().contains_key(key)
     }
 
-    /// Counts one read of `key`; `stored` is the count read from Redis with it, if it was fetched.
-    /// Returns the key's reads so far, this one included.
-    pub fn record(&self, key: &Arc<str>, stored: Option<u64>) -> u64 {
+    /// Counts one read of `key` if this server knows its total, and returns its reads so far, this one
+    /// included; `None` if it does not (fetch the stored count and call [`AccessCounts::record`]). One lock
+    /// for the common case. A counted read that then finds the entry gone is harmless: the flush finds no
+    /// entry, drops the counter and stops tracking the key.
+    pub fn read_known(&self, key: &str) -> Option<u64> {
+        let mut map = self.shard(key).lock();
+        let slot = map.get_mut(key)?;
+        slot.pending += 1;
+        Some(slot.known + slot.pending)
+    }
+
+    /// Counts one read of `key` whose stored count (`stored`) was read from Redis with it, and starts
+    /// tracking the key. Returns the key's reads so far, this one included.
+    pub fn record(&self, key: &Arc<str>, stored: u64) -> u64 {
         let mut map = self.shard(key).lock();
         if let Some(slot) = map.get_mut(key) {
-            if let Some(n) = stored {
-                slot.known = slot.known.max(n);
-            }
+            // Another read started tracking it meanwhile.
+            slot.known = slot.known.max(stored);
             slot.pending += 1;
             return slot.known + slot.pending;
         }
-        let known = stored.unwrap_or(0);
+        let known = stored;
         if map.len() < MAX_TRACKED_KEYS / SHARDS {
             map.insert(Arc::clone(key), Slot { known, pending: 1 });
         }
@@ -142,27 +153,28 @@ mod tests {
         let a = key("a");
         assert!(!counts.is_tracked(&a));
         assert_eq!(
-            counts.record(&a, Some(10)),
+            counts.record(&a, 10),
             11,
             "first read fetched the stored 10"
         );
         assert!(counts.is_tracked(&a));
-        assert_eq!(counts.record(&a, None), 12);
+        assert_eq!(counts.read_known(&a), Some(12));
+        assert_eq!(counts.read_known("b"), None, "b was never read");
         assert_eq!(counts.take(), vec![(a.clone(), 2)]);
         // Between the take and the flush's answer the total is still right.
-        assert_eq!(counts.record(&a, None), 13);
+        assert_eq!(counts.read_known(&a), Some(13));
         // Redis answers 15: another replica read it twice meanwhile.
         counts.settle([(a.clone(), 15)]);
-        assert_eq!(counts.record(&a, None), 17);
+        assert_eq!(counts.read_known(&a), Some(17));
     }
 
     #[test]
     fn idle_gone_and_forgotten_keys_are_no_longer_tracked() {
         let counts = AccessCounts::default();
         let (a, b, c) = (key("a"), key("b"), key("c"));
-        counts.record(&a, Some(0));
-        counts.record(&b, Some(0));
-        counts.record(&c, Some(0));
+        counts.record(&a, 0);
+        counts.record(&b, 0);
+        counts.record(&c, 0);
         let mut taken = counts.take();
         taken.sort();
         assert_eq!(taken, vec![(a.clone(), 1), (b.clone(), 1), (c.clone(), 1)]);
@@ -173,7 +185,7 @@ mod tests {
         assert!(counts.is_tracked(&a));
         assert!(counts.take().is_empty(), "a was not read since");
         assert!(!counts.is_tracked(&a), "idle for a whole interval");
-        counts.record(&a, Some(5));
+        counts.record(&a, 5);
         counts.clear();
         assert!(!counts.is_tracked(&a));
     }
@@ -182,7 +194,7 @@ mod tests {
     fn tracks_a_bounded_number_of_keys() {
         let counts = AccessCounts::default();
         for i in 0..MAX_TRACKED_KEYS * 2 {
-            assert_eq!(counts.record(&Arc::from(i.to_string()), Some(3)), 4);
+            assert_eq!(counts.record(&Arc::from(i.to_string()), 3), 4);
         }
         let taken = counts.take();
         assert!(taken.len() <= MAX_TRACKED_KEYS, "{}", taken.len());

@@ -1023,11 +1023,11 @@ impl Backend for Redis {
         // one MGET (see `access`). fred's command futures are ~7 KB: boxed here, so the future of this method
         // (which async_trait boxes and moves again) stays small. Fail fast (CRATES.md 2.5): while a lost
         // connection is not yet detected, the call fails at once and the memory tier answers.
-        let (reply, stored) = if self.access.is_tracked(&key.storage_key) {
+        let (reply, counted) = if let Some(count) = self.access.read_known(&key.storage_key) {
             let reply: Value = self
                 .call_bounded(Box::pin(self.fast().get(key.storage_key.to_string())))
                 .await?;
-            (reply, None)
+            (reply, Ok(count))
         } else {
             let keys = vec![
                 key.storage_key.to_string(),
@@ -1039,17 +1039,17 @@ impl Backend for Redis {
             };
             let mut items = items.into_iter();
             let entry = items.next().unwrap_or(Value::Null);
-            (
-                entry,
-                Some(items.next().and_then(|v| v.as_u64()).unwrap_or(0)),
-            )
+            let stored = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
+            (entry, Err(stored))
         };
         let envelope = match reply {
             Value::Bytes(b) => b,
             Value::String(s) => s.into_inner(),
             _ => return Ok(None),
         };
-        let access_count = self.access.record(&key.storage_key, stored);
+        // Counted already (the total was known), or counted now on top of the stored count.
+        let access_count =
+            counted.unwrap_or_else(|stored| self.access.record(&key.storage_key, stored));
         Ok(Some(Hit {
             envelope,
             access_count,

@@ -442,7 +442,6 @@ async fn connects_over_tls_to_a_self_signed_redis() {
     server.shutdown().await;
 }
 
-/// Stores 10 entries of one object (metadata, object info, 8 export results over formats, options, scopes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn indexes_outlive_their_members_and_shed_expired_ones() {
     let redis = RedisServer::start().await;
@@ -491,6 +490,20 @@ async fn indexes_outlive_their_members_and_shed_expired_ones() {
     server.shutdown().await;
 }
 
+/// Waits until Redis holds `expected` in `counter`, failing with `what` after `deadline`.
+async fn wait_for_counter(
+    redis: &RedisServer,
+    counter: &str,
+    expected: &str,
+    deadline: Instant,
+    what: &str,
+) {
+    while redis.cli(["GET", counter]) != expected {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_counts_reach_redis_and_reset_on_overwrite() {
     let redis = RedisServer::start().await;
@@ -505,10 +518,7 @@ async fn read_counts_reach_redis_and_reset_on_overwrite() {
     // The server adds counted reads to Redis about once a second, with the entry's TTL.
     let counter = "cache:default:~:c:object:counted";
     let deadline = Instant::now() + Duration::from_secs(5);
-    while redis.cli(["GET", counter]) != "3" {
-        assert!(Instant::now() < deadline, "reads never reached Redis");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_counter(&redis, counter, "3", deadline, "reads never reached Redis").await;
     let ttl: i64 = redis.cli(["TTL", counter]).parse().unwrap();
     assert!(ttl > 0, "the counter expires with its entry: ttl {ttl}");
     // A second server sees the flushed count.
@@ -520,13 +530,14 @@ async fn read_counts_reach_redis_and_reset_on_overwrite() {
         .unwrap()
         .into_inner();
     assert_eq!(got.entry.unwrap().access_count, 4);
-    while redis.cli(["GET", counter]) != "4" {
-        assert!(
-            Instant::now() < deadline,
-            "the second server's read never reached Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_counter(
+        &redis,
+        counter,
+        "4",
+        deadline,
+        "the second server's read never reached Redis",
+    )
+    .await;
     // Overwriting starts a new entry: its count starts over, at once on the server that wrote it...
     client.set(set_req(k.clone(), &b"w"[..])).await.unwrap();
     assert_eq!(redis.cli(["EXISTS", counter]), "0");
@@ -556,6 +567,7 @@ async fn read_counts_reach_redis_and_reset_on_overwrite() {
     server.shutdown().await;
 }
 
+/// Stores 10 entries of one object (metadata, object info, 8 export results over formats, options, scopes).
 async fn store_object(
     client: &mut pb::cache_service_client::CacheServiceClient<tonic::transport::Channel>,
     id: &str,

@@ -89,11 +89,16 @@ impl AccessCounts {
             slot.pending += 1;
             return slot.known + slot.pending;
         }
-        let known = stored;
         if map.len() < MAX_TRACKED_KEYS / SHARDS {
-            map.insert(Arc::clone(key), Slot { known, pending: 1 });
+            map.insert(
+                Arc::clone(key),
+                Slot {
+                    known: stored,
+                    pending: 1,
+                },
+            );
         }
-        known + 1
+        stored + 1
     }
 
     /// Takes the reads to flush: every key read since the last take, with its count. Keys not read since

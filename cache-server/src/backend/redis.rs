@@ -631,12 +631,8 @@ impl Redis {
     }
 
     fn type_index(&self, t: CacheType) -> String {
-        let base = self.keyspace.base();
-        let mut key = String::with_capacity(base.len() + 24);
-        key.push_str(base);
-        key.push_str("~:i:t:");
-        key.push_str(t.segment());
-        key
+        // Type segments need no escaping, so this is `<base>~:i:t:<segment>`.
+        self.index_key(&["t"], t.segment())
     }
 
     fn id_index(&self, t: CacheType, id: &str) -> String {

@@ -382,10 +382,20 @@ fn check_component(
             Ok(())
         };
     }
-    if value.len() > MAX_COMPONENT_BYTES {
+    check_text(value, MAX_COMPONENT_BYTES, field)
+}
+
+/// Checks a text field: at most `max` bytes, no control characters. `field` names it in the error (built
+/// only on error).
+pub fn check_text(
+    value: &str,
+    max: usize,
+    field: impl FnOnce() -> String,
+) -> Result<(), InvalidField> {
+    if value.len() > max {
         return Err(InvalidField::new(
             field(),
-            format!("is {} bytes, more than {MAX_COMPONENT_BYTES}", value.len()),
+            format!("is {} bytes, more than {max}", value.len()),
         ));
     }
     if value.chars().any(char::is_control) {

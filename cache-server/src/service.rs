@@ -13,7 +13,7 @@ use crate::backend::{Backend, Hit, Target, TierKind, now_ms};
 use crate::codec::{self, Codec, CompressionPolicy, CompressionRequest, Header};
 use crate::config::{BackendMode, Config};
 use crate::error::CacheError;
-use crate::keys::{InvalidField, Key, Keyspace, options_struct};
+use crate::keys::{InvalidField, Key, Keyspace, check_text, options_struct};
 use crate::metrics::{self, Metrics, Rpc};
 
 /// Most requests accepted in one GetMany / SetMany.
@@ -504,23 +504,6 @@ impl Inner {
             redis_down_seconds: stats.redis_down_seconds,
         }
     }
-}
-
-/// Checks a free-text field; `field` names it in the error (built only on error).
-fn check_text(value: &str, max: usize, field: impl FnOnce() -> String) -> Result<(), InvalidField> {
-    if value.len() > max {
-        return Err(InvalidField::new(
-            field(),
-            format!("is {} bytes, more than {max}", value.len()),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(InvalidField::new(
-            field(),
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
 }
 
 fn target_label(target: &Target) -> &'static str {

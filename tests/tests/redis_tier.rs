@@ -490,6 +490,59 @@ async fn indexes_outlive_their_members_and_shed_expired_ones() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_flushed_from_redis_are_loaded_again() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let client = server.client().await;
+    // Scripts go out as pipelined EVALSHA: after SCRIPT FLUSH every call queued on a connection answers
+    // NOSCRIPT, and each must load the script and run once more, not fail.
+    for round in 0..2 {
+        assert_eq!(redis.cli(["SCRIPT", "FLUSH"]), "OK");
+        let sets = (0..40).map(|i| {
+            let mut client = client.clone();
+            let k = key(pb::CacheType::Metadata, &format!("flushed-{round}-{i}"));
+            tokio::spawn(async move { client.set(set_req(k, &b"v"[..])).await })
+        });
+        for set in futures::future::join_all(sets).await {
+            let stored = set.unwrap().expect("Set after SCRIPT FLUSH");
+            assert!(stored.into_inner().stored);
+        }
+    }
+    let mut client = client;
+    let k = key(pb::CacheType::Metadata, "flushed-1-7");
+    let got = client.get(get_req(k.clone())).await.unwrap().into_inner();
+    assert!(got.found);
+    // The read-counter flush and both removal scripts load again too.
+    assert_eq!(redis.cli(["SCRIPT", "FLUSH"]), "OK");
+    let counter = "cache:default:~:c:metadata:flushed-1-7";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    wait_for_counter(&redis, counter, "1", deadline, "read counter never flushed").await;
+    assert_eq!(redis.cli(["SCRIPT", "FLUSH"]), "OK");
+    let removed = invalidate(
+        &mut client,
+        Target::Selector(pb::Selector {
+            r#type: pb::CacheType::Metadata as i32,
+            object_id: "flushed-0-3".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(removed, 1, "one entry by type and object");
+    assert_eq!(redis.cli(["SCRIPT", "FLUSH"]), "OK");
+    let removed = invalidate(
+        &mut client,
+        Target::Selector(pb::Selector {
+            r#type: pb::CacheType::Metadata as i32,
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(removed, 79, "the rest by type");
+    assert!(!client.get(get_req(k)).await.unwrap().into_inner().found);
+    server.shutdown().await;
+}
+
 /// Waits until Redis holds `expected` in `counter`, failing with `what` after `deadline`.
 async fn wait_for_counter(
     redis: &RedisServer,

@@ -6,6 +6,7 @@
 //! while it is healthy, memory while it is not, with invalidations remembered across the outage.
 
 mod access;
+mod lua;
 mod memory;
 mod redis;
 mod tiered;

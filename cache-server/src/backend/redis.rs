@@ -32,13 +32,13 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::config::{ConnectionConfig, PerformanceConfig, TcpConfig, UnresponsiveConfig};
 use fred::types::scan::Scanner as _;
-use fred::types::scripts::Script;
 use fred::types::{InfoKind, Value};
 use futures::TryStreamExt as _;
 use parking_lot::Mutex;
 use tokio::sync::{Mutex as AsyncMutex, Notify};
 
 use super::access::{AccessCounts, FLUSH_BATCH, FLUSH_INTERVAL};
+use super::lua::Lua;
 use super::{Backend, BackendError, BackendStats, Hit, Removed, Stored, Target, TierKind, now_ms};
 use crate::config::RedisConfig;
 use crate::keys::{CacheType, Key, KeyTags, Keyspace, Selector, glob_match};
@@ -207,10 +207,10 @@ pub struct Redis {
     pool: Pool,
     keyspace: Keyspace,
     budget: Duration,
-    flush_script: Script,
-    set_script: Script,
-    drain_script: Script,
-    delete_script: Script,
+    flush_script: Lua,
+    set_script: Lua,
+    drain_script: Lua,
+    delete_script: Lua,
     up: AtomicBool,
     wake_monitor: Notify,
     /// Held (briefly, across awaits) by the last step of a recovery, so nothing is remembered between the
@@ -349,10 +349,10 @@ impl Redis {
             pool,
             keyspace,
             budget,
-            flush_script: Script::from_lua(FLUSH_LUA),
-            set_script: Script::from_lua(SET_LUA),
-            drain_script: Script::from_lua(format!("{COUNT_LUA}{DRAIN_LUA}")),
-            delete_script: Script::from_lua(format!("{COUNT_LUA}{DELETE_LUA}")),
+            flush_script: Lua::new(FLUSH_LUA),
+            set_script: Lua::new(SET_LUA),
+            drain_script: Lua::new(format!("{COUNT_LUA}{DRAIN_LUA}")),
+            delete_script: Lua::new(format!("{COUNT_LUA}{DELETE_LUA}")),
             up: AtomicBool::new(false),
             wake_monitor: Notify::new(),
             pending: AsyncMutex::new(Pending::default()),
@@ -643,33 +643,30 @@ impl Redis {
         }
     }
 
-    fn indexes_of(&self, tags: &KeyTags) -> Vec<String> {
-        let mut keys = vec![
-            self.id_index(tags.cache_type, &tags.id),
-            self.type_index(tags.cache_type),
-        ];
+    fn push_indexes(&self, tags: &KeyTags, keys: &mut Vec<String>) {
+        keys.push(self.id_index(tags.cache_type, &tags.id));
+        keys.push(self.type_index(tags.cache_type));
         if !tags.user_id.is_empty() {
             keys.push(self.index_key(&["u"], &tags.user_id));
         }
         if !tags.project_id.is_empty() {
             keys.push(self.index_key(&["p"], &tags.project_id));
         }
-        keys
     }
 
     /// Removes every member entry of an index (single-dimension selectors, `all`). Cost: its members.
     async fn drain(&self, index: &str) -> Result<Removed, BackendError> {
         let mut removed = Removed::default();
         loop {
-            let client = self.pool.next();
-            let fut = self.drain_script.evalsha_with_reload::<Value, _, _>(
-                client,
-                vec![index.to_owned()],
-                vec![
-                    Value::from(i64::from(DRAIN_BATCH)),
-                    Value::from(self.keyspace.base()),
-                ],
-            );
+            let fut = self.drain_script.run::<Value, _>(self.pool.next(), || {
+                (
+                    vec![index.to_owned()],
+                    vec![
+                        Value::from(i64::from(DRAIN_BATCH)),
+                        Value::from(self.keyspace.base()),
+                    ],
+                )
+            });
             let (n, popped) = removed_counts(&self.call(fut).await?);
             removed.merge(n);
             if popped < u64::from(DRAIN_BATCH) {
@@ -721,11 +718,12 @@ impl Redis {
     async fn delete_keys(&self, keys: Vec<String>, index: &str) -> Result<Removed, BackendError> {
         let mut removed = Removed::default();
         for chunk in keys.chunks(DRAIN_BATCH as usize) {
-            let fut = self.delete_script.evalsha_with_reload::<Value, _, _>(
-                self.pool.next(),
-                chunk.to_vec(),
-                vec![self.keyspace.base().to_owned(), index.to_owned()],
-            );
+            let fut = self.delete_script.run::<Value, _>(self.pool.next(), || {
+                (
+                    chunk.to_vec(),
+                    vec![Value::from(self.keyspace.base()), Value::from(index)],
+                )
+            });
             removed.merge(removed_counts(&self.call(fut).await?).0);
         }
         Ok(removed)
@@ -946,18 +944,17 @@ impl Redis {
             return;
         }
         for batch in counted.chunks(FLUSH_BATCH) {
-            let mut keys = Vec::with_capacity(batch.len() * 2);
-            let mut reads = Vec::with_capacity(batch.len());
-            for (storage_key, n) in batch {
-                keys.push(storage_key.to_string());
-                keys.push(self.counter_key(storage_key));
-                reads.push(*n);
-            }
-            let fut = self.flush_script.evalsha_with_reload::<Vec<u64>, _, _>(
-                self.pool.next(),
-                keys,
-                reads,
-            );
+            let argv = || {
+                let mut keys = Vec::with_capacity(batch.len() * 2);
+                let mut reads = Vec::with_capacity(batch.len());
+                for (storage_key, n) in batch {
+                    keys.push(storage_key.to_string());
+                    keys.push(self.counter_key(storage_key));
+                    reads.push(Value::from(*n as i64));
+                }
+                (keys, reads)
+            };
+            let fut = self.flush_script.run::<Vec<u64>, _>(self.pool.next(), argv);
             match self.call(fut).await {
                 Ok(totals) => self.access.settle(
                     batch
@@ -1064,29 +1061,27 @@ impl Backend for Redis {
         if !self.is_up() {
             return Err(self.unavailable());
         }
-        let mut keys = vec![
-            key.storage_key.to_string(),
-            self.counter_key(&key.storage_key),
-        ];
-        keys.extend(self.indexes_of(&key.tags));
         let ttl_ms = ttl.as_millis().max(1) as u64;
         let prune = self
             .writes
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(PRUNE_EVERY);
         let flag = |on: bool| Value::from_static_str(if on { "1" } else { "0" });
-        let args = vec![
-            Value::Bytes(envelope),
-            Value::from(ttl_ms as i64),
-            flag(only_if_absent),
-            flag(prune),
-        ];
+        let argv = || {
+            let mut keys = Vec::with_capacity(6);
+            keys.push(key.storage_key.to_string());
+            keys.push(self.counter_key(&key.storage_key));
+            self.push_indexes(&key.tags, &mut keys);
+            let args = vec![
+                Value::Bytes(envelope.clone()),
+                Value::from(ttl_ms as i64),
+                flag(only_if_absent),
+                flag(prune),
+            ];
+            (keys, args)
+        };
         // Boxed where it is built: fred's futures are several KB (see `get`).
-        let fut = Box::pin(self.set_script.evalsha_with_reload::<u64, _, _>(
-            self.pool.next(),
-            keys,
-            args,
-        ));
+        let fut = Box::pin(self.set_script.run::<u64, _>(self.pool.next(), argv));
         match self.call_bounded(fut).await {
             Ok(stored) => {
                 if stored == 1 {

@@ -6,6 +6,7 @@
 //! while it is healthy, memory while it is not, with invalidations remembered across the outage.
 
 mod access;
+mod batch;
 mod lua;
 mod memory;
 mod redis;
@@ -125,7 +126,7 @@ pub struct BackendStats {
 }
 
 /// Why a backend could not serve a call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
     /// The tier cannot be reached (connection refused or lost). Retryable.
     #[error("{tier} is unavailable: {reason}")]

@@ -3,8 +3,8 @@
 //! # Layout in Redis (under the keyspace base, default `cache:default:`)
 //! - `<base><rendered>`: the entry, a string holding the encoded envelope, with native expiry (`PX`).
 //! - `<base>~:c:<rendered>`: how many times the entry was read (an integer string), same TTL; read with the
-//!   entry in one `MGET` (a plain `GET` once this server knows the count) and incremented in batches (see
-//!   [`super::access`]).
+//!   entry (not at all once this server knows the count) and incremented in batches (see
+//!   [`super::access`]). Concurrent Gets share one `MGET` (see [`super::batch`]).
 //! - `<base>~:i:o:<id>` (object types), `<base>~:i:n:<type>:<id>` (preference / config names),
 //!   `<base>~:i:u:<user>`, `<base>~:i:p:<project>`, `<base>~:i:t:<type>`: sorted-set indexes of entry keys
 //!   scored by expiry (unix ms). A Set stretches the index's own TTL past its longest member (with a quarter
@@ -23,8 +23,8 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +38,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Mutex as AsyncMutex, Notify};
 
 use super::access::{AccessCounts, FLUSH_BATCH, FLUSH_INTERVAL};
+use super::batch::{Coalescer, RunBatch};
 use super::lua::Lua;
 use super::{Backend, BackendError, BackendStats, Hit, Removed, Stored, Target, TierKind, now_ms};
 use crate::config::RedisConfig;
@@ -53,6 +54,8 @@ const SCAN_COUNT: u32 = 1000;
 /// One Set in this many also prunes its indexes' expired members: a busy index (a type, a user) is pruned
 /// many times per TTL, an idle one expires as a whole.
 pub const PRUNE_EVERY: u64 = 16;
+/// Most Gets sent to Redis as one `MGET` (see [`super::batch`]).
+const GET_BATCH: usize = 64;
 /// Wait before replaying writes whose outcome is unknown, so a late write from a hung connection lands first.
 const SETTLE_DELAY: Duration = Duration::from_millis(200);
 
@@ -230,7 +233,14 @@ pub struct Redis {
     access: AccessCounts,
     /// Sets sent, to prune the indexes on one write in [`PRUNE_EVERY`].
     writes: AtomicU64,
+    /// Concurrent Gets, coalesced into `MGET`s (set once, right after construction).
+    gets: OnceLock<Coalescer<Read, Fetched>>,
 }
+
+/// A Get for the batch: the entry's storage key, and whether to fetch its stored read count too.
+type Read = (Arc<str>, bool);
+/// A Get's answer from the batch: the entry (`Null` if absent) and, if asked for, its stored read count.
+type Fetched = (Value, Option<u64>);
 
 impl fmt::Debug for Redis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -367,7 +377,24 @@ impl Redis {
             target: config.display_target(),
             access: AccessCounts::default(),
             writes: AtomicU64::new(0),
+            gets: OnceLock::new(),
         });
+        let weak = Arc::downgrade(&redis);
+        let fetch: RunBatch<Read, Fetched> = Arc::new(move |reads| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(redis) => redis.fetch(reads).await,
+                    None => Err(BackendError::Unavailable {
+                        tier: TIER,
+                        reason: "the Redis tier was closed".into(),
+                    }),
+                }
+            })
+        });
+        let _ = redis
+            .gets
+            .set(Coalescer::spawn(config.pool_size, GET_BATCH, fetch));
         // A lost or re-established connection may mean a restarted Redis: stop reading from it until the
         // monitor has verified it (run id, replay). Events arrive before fred's reconnect delay elapses.
         for client in redis.pool.clients() {
@@ -641,6 +668,37 @@ impl Redis {
         } else {
             self.index_key(&["n", t.segment()], id)
         }
+    }
+
+    /// One batch of Gets as one `MGET`: each entry, and the stored read counts asked for. fred's command
+    /// futures are ~7 KB: boxed where built. Fail fast (CRATES.md 2.5): while a lost connection is not yet
+    /// detected, the batch fails at once and the memory tier answers its calls.
+    async fn fetch(&self, reads: Vec<Read>) -> Result<Vec<Fetched>, BackendError> {
+        let mut keys = Vec::with_capacity(reads.len() * 2);
+        for (storage_key, with_count) in &reads {
+            keys.push(storage_key.to_string());
+            if *with_count {
+                keys.push(self.counter_key(storage_key));
+            }
+        }
+        let expected = keys.len();
+        let values: Vec<Value> = self.call_bounded(Box::pin(self.fast().mget(keys))).await?;
+        if values.len() != expected {
+            return Err(BackendError::Internal {
+                tier: TIER,
+                reason: format!("MGET of {expected} keys answered {} values", values.len()),
+            });
+        }
+        let mut values = values.into_iter();
+        Ok(reads
+            .iter()
+            .map(|(_, with_count)| {
+                let entry = values.next().unwrap_or(Value::Null);
+                let stored =
+                    with_count.then(|| values.next().and_then(|v| v.as_u64()).unwrap_or(0));
+                (entry, stored)
+            })
+            .collect())
     }
 
     fn push_indexes(&self, tags: &KeyTags, keys: &mut Vec<String>) {
@@ -1012,37 +1070,24 @@ impl Backend for Redis {
         if !self.is_up() {
             return Err(self.unavailable());
         }
-        // A plain GET when this server knows the entry's read count, else the entry and its stored count in
-        // one MGET (see `access`). fred's command futures are ~7 KB: boxed here, so the future of this method
-        // (which async_trait boxes and moves again) stays small. Fail fast (CRATES.md 2.5): while a lost
-        // connection is not yet detected, the call fails at once and the memory tier answers.
-        let (reply, counted) = if let Some(count) = self.access.read_known(&key.storage_key) {
-            let reply: Value = self
-                .call_bounded(Box::pin(self.fast().get(key.storage_key.to_string())))
-                .await?;
-            (reply, Ok(count))
-        } else {
-            let keys = vec![
-                key.storage_key.to_string(),
-                self.counter_key(&key.storage_key),
-            ];
-            let reply: Value = self.call_bounded(Box::pin(self.fast().mget(keys))).await?;
-            let Value::Array(items) = reply else {
-                return Ok(None);
-            };
-            let mut items = items.into_iter();
-            let entry = items.next().unwrap_or(Value::Null);
-            let stored = items.next().and_then(|v| v.as_u64()).unwrap_or(0);
-            (entry, Err(stored))
-        };
+        // Only the entry when this server knows its read count, else the entry and its stored count (see
+        // `access`); concurrent Gets share one MGET (see `fetch`).
+        let known = self.access.read_known(&key.storage_key);
+        let read = (Arc::clone(&key.storage_key), known.is_none());
+        let gets = self.gets.get().expect("set at construction");
+        let (reply, stored) = gets.call(read).await?;
         let envelope = match reply {
             Value::Bytes(b) => b,
             Value::String(s) => s.into_inner(),
             _ => return Ok(None),
         };
         // Counted already (the total was known), or counted now on top of the stored count.
-        let access_count =
-            counted.unwrap_or_else(|stored| self.access.record(&key.storage_key, stored));
+        let access_count = match known {
+            Some(count) => count,
+            None => self
+                .access
+                .record(&key.storage_key, stored.unwrap_or_default()),
+        };
         Ok(Some(Hit {
             envelope,
             access_count,

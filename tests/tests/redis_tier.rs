@@ -586,6 +586,128 @@ async fn concurrent_gets_share_mgets_and_each_gets_its_own_answer() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sets_share_script_calls_and_each_gets_its_own_outcome() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(redis_config(BackendMode::Hybrid, url(&redis))).await;
+    let mut client = server.client().await;
+    // Keys that exist already: an only-if-absent Set of them must not store.
+    for i in 0..20 {
+        let k = key(pb::CacheType::Metadata, &format!("taken-{i}"));
+        client.set(set_req(k, &b"first"[..])).await.unwrap();
+    }
+    let evalshas_before = command_calls(&redis, "evalsha");
+    // 200 Sets at once: exports with user and project (four indexes), metadata (two), only-if-absent on
+    // taken and on free keys, and large values (written alone, beside the batches).
+    let sets = (0..200usize).map(|i| {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let (req, expect_stored) = match i % 5 {
+                0 | 1 => {
+                    let user = if i % 2 == 0 { "even" } else { "odd" };
+                    let k = export_key(&format!("o{i}"), "json", serde_json::json!({}), user, "p");
+                    (set_req(k, format!("export {i}").into_bytes()), true)
+                }
+                2 => {
+                    let k = key(pb::CacheType::Metadata, &format!("taken-{}", i % 20));
+                    let mut req = set_req(k, &b"second"[..]);
+                    req.only_if_absent = true;
+                    (req, false)
+                }
+                3 => {
+                    let k = key(pb::CacheType::Metadata, &format!("free-{i}"));
+                    let mut req = set_req(k, format!("free {i}").into_bytes());
+                    req.only_if_absent = true;
+                    (req, true)
+                }
+                _ => {
+                    let k = key(pb::CacheType::ObjectInfo, &format!("large-{i}"));
+                    (set_req(k, vec![i as u8; 200 << 10]), true)
+                }
+            };
+            let k = req.key.clone().unwrap();
+            let stored = client.set(req).await.expect("set").into_inner().stored;
+            (i, k, stored, expect_stored)
+        })
+    });
+    for set in futures::future::join_all(sets).await {
+        let (i, k, stored, expect_stored) = set.unwrap();
+        assert_eq!(stored, expect_stored, "Set {i}");
+        let got = client.get(get_req(k)).await.unwrap().into_inner();
+        let expected = match i % 5 {
+            0 | 1 => format!("export {i}").into_bytes(),
+            2 => b"first".to_vec(),
+            3 => format!("free {i}").into_bytes(),
+            _ => vec![i as u8; 200 << 10],
+        };
+        assert!(got.value == expected, "value of Set {i}");
+    }
+    let evalshas = command_calls(&redis, "evalsha") - evalshas_before;
+    // Measured: 50 (40 large values alone, the 160 others in about 10 calls).
+    assert!(
+        evalshas <= 100,
+        "200 concurrent Sets went out as {evalshas} script calls"
+    );
+    // Every batched Set was indexed under its own user.
+    let even = invalidate(
+        &mut client,
+        Target::Selector(pb::Selector {
+            user_id: "even".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(even, 40, "exports of user even");
+    let rest = invalidate(&mut client, Target::All(true)).await;
+    assert_eq!(
+        rest,
+        40 + 20 + 40 + 40,
+        "odd exports, taken, free and large entries"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_out_of_memory_refuses_each_set_clearly_and_recovers() {
+    let redis = RedisServer::builder()
+        .args(["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"])
+        .start()
+        .await;
+    let server = TestServer::start(redis_config(BackendMode::Hybrid, url(&redis))).await;
+    let mut client = server.client().await;
+    let k = |i: usize| key(pb::CacheType::Metadata, &format!("oom-{i}"));
+    client.set(set_req(k(0), &b"before"[..])).await.unwrap();
+    // Another application fills the database past maxmemory.
+    assert_eq!(redis.cli(["SETRANGE", "junk", "6000000", "x"]), "6000001");
+    // Concurrent Sets share script calls; each is refused on its own, with Redis' reason, and nothing
+    // is written to the memory tier instead (Redis is up: this is not an outage).
+    let sets = (1..=10).map(|i| {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.set(set_req(k(i), &b"v"[..])).await })
+    });
+    for set in futures::future::join_all(sets).await {
+        let status = set
+            .unwrap()
+            .expect_err("refused while Redis is out of memory");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("OOM"), "{status:?}");
+    }
+    assert_eq!(redis.cli(["EXISTS", "cache:default:metadata:oom-1"]), "0");
+    // Reads still work, and writes do again once memory is freed.
+    let got = client.get(get_req(k(0))).await.unwrap().into_inner();
+    assert_eq!(&got.value[..], b"before");
+    assert_eq!(redis.cli(["DEL", "junk"]), "1");
+    assert!(
+        client
+            .set(set_req(k(1), &b"v"[..]))
+            .await
+            .unwrap()
+            .into_inner()
+            .stored
+    );
+    server.shutdown().await;
+}
+
 /// Waits until Redis holds `expected` in `counter`, failing with `what` after `deadline`.
 async fn wait_for_counter(
     redis: &RedisServer,

@@ -2,9 +2,10 @@
 //!
 //! fred spends about as much CPU on each command (a `Command`, a trip through its router task, a response
 //! channel) as the rest of a Get does. Under load, calls queue here while up to `max_in_flight` batches are
-//! out, and each batch goes to Redis as one command (`MGET` of every queued key): the per-command cost is
-//! paid once per batch, and Redis parses one command instead of many. An idle server sends each call at
-//! once, in a batch of one, so coalescing adds no wait where there is nothing to coalesce with.
+//! out, and each batch goes to Redis as one command (Gets: one `MGET`; Sets: one call of the Set script):
+//! the per-command cost is paid once per batch, and Redis parses one command instead of many. An idle
+//! server sends each call at once, in a batch of one, so coalescing adds no wait where there is nothing to
+//! coalesce with. Calls in one batch are concurrent calls, so any order among them is a valid one.
 
 use std::sync::Arc;
 

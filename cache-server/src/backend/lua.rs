@@ -36,10 +36,11 @@ impl Lua {
 
     /// Runs the script with the keys and arguments `argv` gives. `argv` is called again only to repeat a
     /// call that found the script not loaded (so the happy path copies nothing).
-    pub async fn run<R, F>(&self, client: &Client, argv: F) -> Result<R, Error>
+    pub async fn run<R, K, F>(&self, client: &Client, argv: F) -> Result<R, Error>
     where
         R: FromValue,
-        F: Fn() -> (Vec<String>, Vec<Value>),
+        K: Into<Value>,
+        F: Fn() -> (Vec<K>, Vec<Value>),
     {
         match client.custom(EVALSHA, self.command(argv())).await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
@@ -50,11 +51,11 @@ impl Lua {
         }
     }
 
-    fn command(&self, (keys, args): (Vec<String>, Vec<Value>)) -> Vec<Value> {
+    fn command<K: Into<Value>>(&self, (keys, args): (Vec<K>, Vec<Value>)) -> Vec<Value> {
         let mut command = Vec::with_capacity(2 + keys.len() + args.len());
         command.push(Value::String(self.script.sha1().clone()));
         command.push(Value::Integer(keys.len() as i64));
-        command.extend(keys.into_iter().map(Value::from));
+        command.extend(keys.into_iter().map(Into::into));
         command.extend(args);
         command
     }

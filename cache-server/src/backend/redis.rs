@@ -56,6 +56,11 @@ const SCAN_COUNT: u32 = 1000;
 pub const PRUNE_EVERY: u64 = 16;
 /// Most Gets sent to Redis as one `MGET` (see [`super::batch`]).
 const GET_BATCH: usize = 64;
+/// Most Sets sent to Redis as one script call.
+const SET_BATCH: usize = 32;
+/// Envelopes larger than this are written alone: a batch of small Sets is never stuck behind a large
+/// one, and one script call never holds Redis for long.
+const SET_BATCH_MAX_VALUE: usize = 64 << 10;
 /// Wait before replaying writes whose outcome is unknown, so a late write from a hung connection lands first.
 const SETTLE_DELAY: Duration = Duration::from_millis(200);
 
@@ -76,32 +81,45 @@ end
 return totals
 ";
 
-// KEYS[1] = entry, KEYS[2] = its read counter, KEYS[3..] = its indexes; ARGV[1] = envelope, ARGV[2] = TTL ms,
-// ARGV[3] = '1' for only-if-absent, ARGV[4] = '1' to prune the indexes' expired members on this write.
-// An index's own TTL is stretched, with a quarter of slack, only when it would end before the new member's,
-// so most writes cost ZADD + PTTL per index. Measured with redis-benchmark EVALSHA on an idle Redis: 7.5 us
-// per call (an empty script with these arguments 2.3 us, one with only the SET 3.4 us, a plain SET 0.6 us);
-// under load it was 16.5 us with a prune and a PEXPIRE on every write, 14.4 us now.
+// A batch of Sets. Per Set, in order: KEYS = its entry, its read counter, its indexes; ARGV = how many keys
+// it has, the envelope, TTL ms, '1' for only-if-absent, '1' to prune the indexes' expired members. Answers
+// per Set 1 (stored), 0 (only-if-absent and a live entry) or the error the SET met (OOM, say), so one
+// refused Set does not fail the others. An index's own TTL is stretched, with a quarter of slack, only when
+// it would end before the new member's, so most writes cost ZADD + PTTL per index.
+// Measured with redis-benchmark EVALSHA on an idle Redis, one Set per call: 7.5 us (an empty script with
+// these arguments 2.3 us, one with only the SET 3.4 us, a plain SET 0.6 us); batches share the fixed part.
 const SET_LUA: &str = r"
-local ok
-if ARGV[3] == '1' then
-  ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX')
-else
-  ok = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-end
-if not ok then return 0 end
-redis.call('UNLINK', KEYS[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-for i = 3, #KEYS do
-  redis.call('ZADD', KEYS[i], now + ttl, KEYS[1])
-  if ARGV[4] == '1' then redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) end
-  if redis.call('PTTL', KEYS[i]) < ttl then
-    redis.call('PEXPIRE', KEYS[i], ttl + math.floor(ttl / 4) + 1000)
+local answers = {}
+local k = 1
+for i = 0, #ARGV / 5 - 1 do
+  local nkeys, ttl = tonumber(ARGV[5 * i + 1]), tonumber(ARGV[5 * i + 3])
+  local entry = KEYS[k]
+  local ok
+  if ARGV[5 * i + 4] == '1' then
+    ok = redis.pcall('SET', entry, ARGV[5 * i + 2], 'PX', ttl, 'NX')
+  else
+    ok = redis.pcall('SET', entry, ARGV[5 * i + 2], 'PX', ttl)
   end
+  if type(ok) == 'table' and ok.err then
+    answers[i + 1] = ok.err
+  elseif not ok then
+    answers[i + 1] = 0
+  else
+    redis.call('UNLINK', KEYS[k + 1])
+    for j = k + 2, k + nkeys - 1 do
+      redis.call('ZADD', KEYS[j], now + ttl, entry)
+      if ARGV[5 * i + 5] == '1' then redis.call('ZREMRANGEBYSCORE', KEYS[j], '-inf', now) end
+      if redis.call('PTTL', KEYS[j]) < ttl then
+        redis.call('PEXPIRE', KEYS[j], ttl + math.floor(ttl / 4) + 1000)
+      end
+    end
+    answers[i + 1] = 1
+  end
+  k = k + nkeys
 end
-return 1
+return answers
 ";
 
 /// Lua helper shared by the removal scripts: counts a removed key per type, in `CacheType::ALL` order.
@@ -235,7 +253,18 @@ pub struct Redis {
     writes: AtomicU64,
     /// Concurrent Gets, coalesced into `MGET`s (set once, right after construction).
     gets: OnceLock<Coalescer<Read, Fetched>>,
+    /// Concurrent Sets, coalesced into script calls (set once, right after construction).
+    sets: OnceLock<Coalescer<Write, Written>>,
 }
+
+/// A Set for the batch script: its keys (entry, read counter, indexes) and its arguments (envelope, TTL ms,
+/// only-if-absent and prune flags), in the script's order.
+struct Write {
+    keys: Vec<Value>,
+    args: [Value; 4],
+}
+/// A Set's answer from the batch: whether it stored.
+type Written = Result<bool, BackendError>;
 
 /// A Get for the batch: the entry's storage key, and whether to fetch its stored read count too.
 type Read = (Arc<str>, bool);
@@ -378,6 +407,7 @@ impl Redis {
             access: AccessCounts::default(),
             writes: AtomicU64::new(0),
             gets: OnceLock::new(),
+            sets: OnceLock::new(),
         });
         let weak = Arc::downgrade(&redis);
         let fetch: RunBatch<Read, Fetched> = Arc::new(move |reads| {
@@ -395,6 +425,22 @@ impl Redis {
         let _ = redis
             .gets
             .set(Coalescer::spawn(config.pool_size, GET_BATCH, fetch));
+        let weak = Arc::downgrade(&redis);
+        let store: RunBatch<Write, Written> = Arc::new(move |writes| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(redis) => redis.store(writes).await,
+                    None => Err(BackendError::Unavailable {
+                        tier: TIER,
+                        reason: "the Redis tier was closed".into(),
+                    }),
+                }
+            })
+        });
+        let _ = redis
+            .sets
+            .set(Coalescer::spawn(config.pool_size, SET_BATCH, store));
         // A lost or re-established connection may mean a restarted Redis: stop reading from it until the
         // monitor has verified it (run id, replay). Events arrive before fred's reconnect delay elapses.
         for client in redis.pool.clients() {
@@ -701,6 +747,50 @@ impl Redis {
             .collect())
     }
 
+    /// One batch of Sets as one call of the Set script (see [`SET_LUA`]), each Set with its own answer.
+    async fn store(&self, writes: Vec<Write>) -> Result<Vec<Written>, BackendError> {
+        let argv = || {
+            let mut keys = Vec::with_capacity(writes.len() * 6);
+            let mut args = Vec::with_capacity(writes.len() * 5);
+            for write in &writes {
+                keys.extend(write.keys.iter().cloned());
+                args.push(Value::Integer(write.keys.len() as i64));
+                args.extend(write.args.iter().cloned());
+            }
+            (keys, args)
+        };
+        // Boxed where it is built: fred's futures are several KB.
+        let fut = Box::pin(
+            self.set_script
+                .run::<Vec<Value>, _, _>(self.pool.next(), argv),
+        );
+        let answers = self.call_bounded(fut).await?;
+        if answers.len() != writes.len() {
+            return Err(BackendError::Internal {
+                tier: TIER,
+                reason: format!(
+                    "the Set script answered {} of {} Sets",
+                    answers.len(),
+                    writes.len()
+                ),
+            });
+        }
+        Ok(answers
+            .into_iter()
+            .map(|answer| match answer {
+                Value::Integer(n) => Ok(n == 1),
+                other => {
+                    let reason = other.as_string().unwrap_or_default();
+                    Err(if reason.starts_with("OOM") {
+                        BackendError::Refused { tier: TIER, reason }
+                    } else {
+                        BackendError::Internal { tier: TIER, reason }
+                    })
+                }
+            })
+            .collect())
+    }
+
     fn push_indexes(&self, tags: &KeyTags, keys: &mut Vec<String>) {
         keys.push(self.id_index(tags.cache_type, &tags.id));
         keys.push(self.type_index(tags.cache_type));
@@ -716,7 +806,7 @@ impl Redis {
     async fn drain(&self, index: &str) -> Result<Removed, BackendError> {
         let mut removed = Removed::default();
         loop {
-            let fut = self.drain_script.run::<Value, _>(self.pool.next(), || {
+            let fut = self.drain_script.run::<Value, _, _>(self.pool.next(), || {
                 (
                     vec![index.to_owned()],
                     vec![
@@ -776,7 +866,7 @@ impl Redis {
     async fn delete_keys(&self, keys: Vec<String>, index: &str) -> Result<Removed, BackendError> {
         let mut removed = Removed::default();
         for chunk in keys.chunks(DRAIN_BATCH as usize) {
-            let fut = self.delete_script.run::<Value, _>(self.pool.next(), || {
+            let fut = self.delete_script.run::<Value, _, _>(self.pool.next(), || {
                 (
                     chunk.to_vec(),
                     vec![Value::from(self.keyspace.base()), Value::from(index)],
@@ -1012,7 +1102,9 @@ impl Redis {
                 }
                 (keys, reads)
             };
-            let fut = self.flush_script.run::<Vec<u64>, _>(self.pool.next(), argv);
+            let fut = self
+                .flush_script
+                .run::<Vec<u64>, _, _>(self.pool.next(), argv);
             match self.call(fut).await {
                 Ok(totals) => self.access.settle(
                     batch
@@ -1112,29 +1204,36 @@ impl Backend for Redis {
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(PRUNE_EVERY);
         let flag = |on: bool| Value::from_static_str(if on { "1" } else { "0" });
-        let argv = || {
-            let mut keys = Vec::with_capacity(6);
-            keys.push(key.storage_key.to_string());
-            keys.push(self.counter_key(&key.storage_key));
-            self.push_indexes(&key.tags, &mut keys);
-            let args = vec![
-                Value::Bytes(envelope.clone()),
+        let mut keys = Vec::with_capacity(6);
+        keys.push(key.storage_key.to_string());
+        keys.push(self.counter_key(&key.storage_key));
+        self.push_indexes(&key.tags, &mut keys);
+        let alone = envelope.len() > SET_BATCH_MAX_VALUE;
+        let write = Write {
+            keys: keys.into_iter().map(Value::from).collect(),
+            args: [
+                Value::Bytes(envelope),
                 Value::from(ttl_ms as i64),
                 flag(only_if_absent),
                 flag(prune),
-            ];
-            (keys, args)
+            ],
         };
-        // Boxed where it is built: fred's futures are several KB (see `get`).
-        let fut = Box::pin(self.set_script.run::<u64, _>(self.pool.next(), argv));
-        match self.call_bounded(fut).await {
+        let outcome = if alone {
+            Box::pin(self.store(vec![write]))
+                .await
+                .and_then(|answers| answers.into_iter().next().unwrap_or(Ok(false)))
+        } else {
+            let sets = self.sets.get().expect("set at construction");
+            sets.call(write).await.and_then(|written| written)
+        };
+        match outcome {
             Ok(stored) => {
-                if stored == 1 {
+                if stored {
                     // A new entry: its read counter was removed with the old one.
                     self.access.forget(&key.storage_key);
                 }
                 Ok(Stored {
-                    stored: stored == 1,
+                    stored,
                     tier: TierKind::Redis,
                     fallback: false,
                 })

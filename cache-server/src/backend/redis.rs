@@ -280,6 +280,23 @@ impl fmt::Debug for Redis {
     }
 }
 
+/// Runs batches with `run` for as long as the tier exists (the coalescer holds no strong reference).
+fn batch_runner<T, R, Fut>(redis: &Arc<Redis>, run: fn(Arc<Redis>, Vec<T>) -> Fut) -> RunBatch<T, R>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    Fut: Future<Output = Result<Vec<R>, BackendError>> + Send + 'static,
+{
+    let weak = Arc::downgrade(redis);
+    Arc::new(move |items| match weak.upgrade() {
+        Some(redis) => Box::pin(run(redis, items)),
+        None => Box::pin(std::future::ready(Err(BackendError::Unavailable {
+            tier: TIER,
+            reason: "the Redis tier was closed".into(),
+        }))),
+    })
+}
+
 fn fred_config(config: &RedisConfig) -> Result<Config, BackendError> {
     let internal = |reason: String| BackendError::Internal { tier: TIER, reason };
     let mut fred_config = match &config.url {
@@ -409,35 +426,17 @@ impl Redis {
             gets: OnceLock::new(),
             sets: OnceLock::new(),
         });
-        let weak = Arc::downgrade(&redis);
-        let fetch: RunBatch<Read, Fetched> = Arc::new(move |reads| {
-            let weak = weak.clone();
-            Box::pin(async move {
-                match weak.upgrade() {
-                    Some(redis) => redis.fetch(reads).await,
-                    None => Err(BackendError::Unavailable {
-                        tier: TIER,
-                        reason: "the Redis tier was closed".into(),
-                    }),
-                }
-            })
-        });
+        let fetch = batch_runner(
+            &redis,
+            |redis, reads| async move { redis.fetch(reads).await },
+        );
         let _ = redis
             .gets
             .set(Coalescer::spawn(config.pool_size, GET_BATCH, fetch));
-        let weak = Arc::downgrade(&redis);
-        let store: RunBatch<Write, Written> = Arc::new(move |writes| {
-            let weak = weak.clone();
-            Box::pin(async move {
-                match weak.upgrade() {
-                    Some(redis) => redis.store(writes).await,
-                    None => Err(BackendError::Unavailable {
-                        tier: TIER,
-                        reason: "the Redis tier was closed".into(),
-                    }),
-                }
-            })
-        });
+        let store = batch_runner(
+            &redis,
+            |redis, writes| async move { redis.store(writes).await },
+        );
         let _ = redis
             .sets
             .set(Coalescer::spawn(config.pool_size, SET_BATCH, store));

@@ -8,18 +8,21 @@
 //! coalesce with. Calls in one batch are concurrent calls, so any order among them is a valid one.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::BackendError;
 
-/// Runs one batch: one output per item, in order, or one error for the whole batch.
+/// Runs one batch: one output per item, in order, or one error for the whole batch. Also given when the
+/// batch's oldest call was made, so that time spent queued counts against the calls' budget.
 pub type RunBatch<T, R> =
-    Arc<dyn Fn(Vec<T>) -> BoxFuture<'static, Result<Vec<R>, BackendError>> + Send + Sync>;
+    Arc<dyn Fn(Vec<T>, Instant) -> BoxFuture<'static, Result<Vec<R>, BackendError>> + Send + Sync>;
 
 struct Job<T, R> {
     item: T,
+    queued: Instant,
     reply: oneshot::Sender<Result<R, BackendError>>,
 }
 
@@ -40,6 +43,7 @@ impl<T: Send + 'static, R: Send + 'static> Coalescer<T, R> {
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                     return;
                 };
+                let oldest = first.queued;
                 let mut batch = vec![first];
                 while batch.len() < max_batch {
                     match queue.try_recv() {
@@ -49,7 +53,7 @@ impl<T: Send + 'static, R: Send + 'static> Coalescer<T, R> {
                 }
                 let (items, replies): (Vec<T>, Vec<_>) =
                     batch.into_iter().map(|job| (job.item, job.reply)).unzip();
-                let sent = run(items);
+                let sent = run(items, oldest);
                 tokio::spawn(async move {
                     let outcome = sent.await;
                     drop(slot);
@@ -91,7 +95,12 @@ impl<T: Send + 'static, R: Send + 'static> Coalescer<T, R> {
             tier: "redis",
             reason: "the batching task has stopped".into(),
         };
-        self.jobs.send(Job { item, reply }).map_err(|_| closed())?;
+        let job = Job {
+            item,
+            queued: Instant::now(),
+            reply,
+        };
+        self.jobs.send(job).map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
     }
 }
@@ -106,7 +115,7 @@ mod tests {
     async fn concurrent_calls_share_batches_and_get_their_own_answers() {
         let batches = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&batches);
-        let run: RunBatch<u32, u32> = Arc::new(move |items: Vec<u32>| {
+        let run: RunBatch<u32, u32> = Arc::new(move |items: Vec<u32>, _| {
             counted.fetch_add(1, Ordering::Relaxed);
             Box::pin(async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -131,7 +140,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_fails_each_of_its_calls() {
-        let run: RunBatch<u32, u32> = Arc::new(|_items: Vec<u32>| {
+        let run: RunBatch<u32, u32> = Arc::new(|_items: Vec<u32>, _| {
             Box::pin(async {
                 Err(BackendError::Timeout {
                     tier: "redis",
@@ -147,7 +156,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_with_the_wrong_number_of_answers_is_an_error_not_a_mixup() {
-        let run: RunBatch<u32, u32> = Arc::new(|_items: Vec<u32>| Box::pin(async { Ok(vec![7]) }));
+        let run: RunBatch<u32, u32> =
+            Arc::new(|_items: Vec<u32>, _| Box::pin(async { Ok(vec![7]) }));
         let coalescer = Coalescer::spawn(1, 8, run);
         let (a, b) = tokio::join!(coalescer.call(1), coalescer.call(2));
         // Either both calls shared one batch (two items, one answer: both fail), or each went alone.

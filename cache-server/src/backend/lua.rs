@@ -34,18 +34,20 @@ impl Lua {
         }
     }
 
-    /// Runs the script with the keys and arguments `argv` gives. `argv` is called again only to repeat a
-    /// call that found the script not loaded (so the happy path copies nothing).
-    pub async fn run<R, K, F>(&self, client: &Client, argv: F) -> Result<R, Error>
+    /// Runs the script with the keys and arguments `argv` gives, with `options` (timeout and the like).
+    /// `argv` is called again only to repeat a call that found the script not loaded (so the happy path
+    /// copies nothing).
+    pub async fn run<R, K, F>(&self, client: &Client, options: Options, argv: F) -> Result<R, Error>
     where
         R: FromValue,
         K: Into<Value>,
         F: Fn() -> (Vec<K>, Vec<Value>),
     {
-        match client.custom(EVALSHA, self.command(argv())).await {
+        let with = client.with_options(&options);
+        match with.custom(EVALSHA, self.command(argv())).await {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 self.script.load(client).await?;
-                client.custom(EVALSHA, self.command(argv())).await
+                with.custom(EVALSHA, self.command(argv())).await
             }
             result => result,
         }

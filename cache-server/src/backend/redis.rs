@@ -25,7 +25,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -281,15 +281,18 @@ impl fmt::Debug for Redis {
 }
 
 /// Runs batches with `run` for as long as the tier exists (the coalescer holds no strong reference).
-fn batch_runner<T, R, Fut>(redis: &Arc<Redis>, run: fn(Arc<Redis>, Vec<T>) -> Fut) -> RunBatch<T, R>
+fn batch_runner<T, R, Fut>(
+    redis: &Arc<Redis>,
+    run: fn(Arc<Redis>, Vec<T>, Instant) -> Fut,
+) -> RunBatch<T, R>
 where
     T: Send + 'static,
     R: Send + 'static,
     Fut: Future<Output = Result<Vec<R>, BackendError>> + Send + 'static,
 {
     let weak = Arc::downgrade(redis);
-    Arc::new(move |items| match weak.upgrade() {
-        Some(redis) => Box::pin(run(redis, items)),
+    Arc::new(move |items, oldest| match weak.upgrade() {
+        Some(redis) => Box::pin(run(redis, items, oldest)),
         None => Box::pin(std::future::ready(Err(BackendError::Unavailable {
             tier: TIER,
             reason: "the Redis tier was closed".into(),
@@ -426,17 +429,15 @@ impl Redis {
             gets: OnceLock::new(),
             sets: OnceLock::new(),
         });
-        let fetch = batch_runner(
-            &redis,
-            |redis, reads| async move { redis.fetch(reads).await },
-        );
+        let fetch = batch_runner(&redis, |redis, reads, oldest| async move {
+            redis.fetch(reads, oldest).await
+        });
         let _ = redis
             .gets
             .set(Coalescer::spawn(config.pool_size, GET_BATCH, fetch));
-        let store = batch_runner(
-            &redis,
-            |redis, writes| async move { redis.store(writes).await },
-        );
+        let store = batch_runner(&redis, |redis, writes, oldest| async move {
+            redis.store(writes, oldest).await
+        });
         let _ = redis
             .sets
             .set(Coalescer::spawn(config.pool_size, SET_BATCH, store));
@@ -669,12 +670,36 @@ impl Redis {
     }
 
     fn fast(&self) -> fred::clients::WithOptions<Client> {
-        self.pool.next().with_options(&Options {
-            timeout: Some(self.budget),
+        self.pool
+            .next()
+            .with_options(&self.fail_fast_within(self.budget))
+    }
+
+    /// Fail-fast options (CRATES.md 2.5) with `timeout`.
+    fn fail_fast_within(&self, timeout: Duration) -> Options {
+        Options {
+            timeout: Some(timeout),
             fail_fast: true,
             max_attempts: Some(1),
             ..Options::default()
-        })
+        }
+    }
+
+    /// What is left of the command budget of a batch whose oldest call was queued at `oldest`: calls that
+    /// waited for a free slot (Redis slow or hung) must still fail over within their budget. A batch whose
+    /// budget is spent fails at once, as a timeout, without being sent; so does any batch once the tier is
+    /// down (the calls queued behind a hung Redis go to the memory tier instead of waiting their turn).
+    fn budget_left(&self, oldest: Instant) -> Result<Duration, BackendError> {
+        if !self.is_up() {
+            return Err(self.unavailable());
+        }
+        match self.budget.checked_sub(oldest.elapsed()) {
+            Some(left) if !left.is_zero() => Ok(left),
+            _ => self.note_outcome(Err(BackendError::Timeout {
+                tier: TIER,
+                budget: self.budget,
+            })),
+        }
     }
 
     fn counter_key(&self, storage_key: &str) -> String {
@@ -718,7 +743,8 @@ impl Redis {
     /// One batch of Gets as one `MGET`: each entry, and the stored read counts asked for. fred's command
     /// futures are ~7 KB: boxed where built. Fail fast (CRATES.md 2.5): while a lost connection is not yet
     /// detected, the batch fails at once and the memory tier answers its calls.
-    async fn fetch(&self, reads: Vec<Read>) -> Result<Vec<Fetched>, BackendError> {
+    async fn fetch(&self, reads: Vec<Read>, oldest: Instant) -> Result<Vec<Fetched>, BackendError> {
+        let options = self.fail_fast_within(self.budget_left(oldest)?);
         let mut keys = Vec::with_capacity(reads.len() * 2);
         for (storage_key, with_count) in &reads {
             keys.push(storage_key.to_string());
@@ -727,7 +753,8 @@ impl Redis {
             }
         }
         let expected = keys.len();
-        let values: Vec<Value> = self.call_bounded(Box::pin(self.fast().mget(keys))).await?;
+        let client = self.pool.next().with_options(&options);
+        let values: Vec<Value> = self.call_bounded(Box::pin(client.mget(keys))).await?;
         if values.len() != expected {
             return Err(BackendError::Internal {
                 tier: TIER,
@@ -747,7 +774,16 @@ impl Redis {
     }
 
     /// One batch of Sets as one call of the Set script (see [`SET_LUA`]), each Set with its own answer.
-    async fn store(&self, writes: Vec<Write>) -> Result<Vec<Written>, BackendError> {
+    async fn store(
+        &self,
+        writes: Vec<Write>,
+        oldest: Instant,
+    ) -> Result<Vec<Written>, BackendError> {
+        // Not fail-fast: a Set's outcome must be known, so it waits for a reconnection within its budget.
+        let options = Options {
+            timeout: Some(self.budget_left(oldest)?),
+            ..Options::default()
+        };
         let argv = || {
             let mut keys = Vec::with_capacity(writes.len() * 6);
             let mut args = Vec::with_capacity(writes.len() * 5);
@@ -759,10 +795,11 @@ impl Redis {
             (keys, args)
         };
         // Boxed where it is built: fred's futures are several KB.
-        let fut = Box::pin(
-            self.set_script
-                .run::<Vec<Value>, _, _>(self.pool.next(), argv),
-        );
+        let fut = Box::pin(self.set_script.run::<Vec<Value>, _, _>(
+            self.pool.next(),
+            options,
+            argv,
+        ));
         let answers = self.call_bounded(fut).await?;
         if answers.len() != writes.len() {
             return Err(BackendError::Internal {
@@ -805,15 +842,17 @@ impl Redis {
     async fn drain(&self, index: &str) -> Result<Removed, BackendError> {
         let mut removed = Removed::default();
         loop {
-            let fut = self.drain_script.run::<Value, _, _>(self.pool.next(), || {
-                (
-                    vec![index.to_owned()],
-                    vec![
-                        Value::from(i64::from(DRAIN_BATCH)),
-                        Value::from(self.keyspace.base()),
-                    ],
-                )
-            });
+            let fut =
+                self.drain_script
+                    .run::<Value, _, _>(self.pool.next(), Options::default(), || {
+                        (
+                            vec![index.to_owned()],
+                            vec![
+                                Value::from(i64::from(DRAIN_BATCH)),
+                                Value::from(self.keyspace.base()),
+                            ],
+                        )
+                    });
             let (n, popped) = removed_counts(&self.call(fut).await?);
             removed.merge(n);
             if popped < u64::from(DRAIN_BATCH) {
@@ -865,12 +904,14 @@ impl Redis {
     async fn delete_keys(&self, keys: Vec<String>, index: &str) -> Result<Removed, BackendError> {
         let mut removed = Removed::default();
         for chunk in keys.chunks(DRAIN_BATCH as usize) {
-            let fut = self.delete_script.run::<Value, _, _>(self.pool.next(), || {
-                (
-                    chunk.to_vec(),
-                    vec![Value::from(self.keyspace.base()), Value::from(index)],
-                )
-            });
+            let fut =
+                self.delete_script
+                    .run::<Value, _, _>(self.pool.next(), Options::default(), || {
+                        (
+                            chunk.to_vec(),
+                            vec![Value::from(self.keyspace.base()), Value::from(index)],
+                        )
+                    });
             removed.merge(removed_counts(&self.call(fut).await?).0);
         }
         Ok(removed)
@@ -1101,9 +1142,9 @@ impl Redis {
                 }
                 (keys, reads)
             };
-            let fut = self
-                .flush_script
-                .run::<Vec<u64>, _, _>(self.pool.next(), argv);
+            let fut =
+                self.flush_script
+                    .run::<Vec<u64>, _, _>(self.pool.next(), Options::default(), argv);
             match self.call(fut).await {
                 Ok(totals) => self.access.settle(
                     batch
@@ -1218,7 +1259,7 @@ impl Backend for Redis {
             ],
         };
         let outcome = if alone {
-            Box::pin(self.store(vec![write]))
+            Box::pin(self.store(vec![write], Instant::now()))
                 .await
                 .and_then(|answers| answers.into_iter().next().unwrap_or(Ok(false)))
         } else {

@@ -21,7 +21,8 @@ const EVALSHA: CustomCommand = CustomCommand {
     blocking: false,
 };
 
-/// A Lua script, run by its SHA-1 and loaded on first use.
+/// A Lua script, run by its SHA-1 and loaded whenever Redis answers that it does not know it (first use,
+/// a restarted Redis, `SCRIPT FLUSH`).
 pub struct Lua {
     script: Script,
 }

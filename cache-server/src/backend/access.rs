@@ -4,8 +4,8 @@
 //! 1.6 us for a plain GET, measured with `INFO commandstats`). Instead, reads are counted here and a
 //! background task adds them to Redis once per [`FLUSH_INTERVAL`] (one Lua call per [`FLUSH_BATCH`] keys);
 //! the call answers each key's new total, which this server then knows. A Get of a key whose total is known
-//! here is a plain `GET`; any other Get reads the stored count with the entry in one `MGET`. The answer is
-//! the total as of the last flush plus the reads counted since.
+//! here reads only the entry; any other Get reads the stored count with it (in the same `MGET`, see
+//! [`super::batch`]). The answer is the total as of the last flush plus the reads counted since.
 //!
 //! The count is exact for reads through one server between flushes, and approximate otherwise: another
 //! replica's reads appear after its next flush, a read that races a flush may miss the flushed amount once,

@@ -649,8 +649,8 @@ impl Redis {
     }
 
     /// [`Redis::call`] for the hot path, without the backstop timer: fred bounds these commands itself
-    /// (the per-command timeout of [`Redis::fast`], or `default_command_timeout` for scripts, both the
-    /// budget; CRATES.md 2.5) and reports expiry as a timeout. One timer less per call.
+    /// (the per-command timeout the batches set from [`Redis::budget_left`]; CRATES.md 2.5) and reports
+    /// expiry as a timeout. One timer less per call.
     async fn call_bounded<T, F>(&self, fut: F) -> Result<T, BackendError>
     where
         F: Future<Output = Result<T, Error>>,
@@ -815,14 +815,11 @@ impl Redis {
             .into_iter()
             .map(|answer| match answer {
                 Value::Integer(n) => Ok(n == 1),
-                other => {
-                    let reason = other.as_string().unwrap_or_default();
-                    Err(if reason.starts_with("OOM") {
-                        BackendError::Refused { tier: TIER, reason }
-                    } else {
-                        BackendError::Internal { tier: TIER, reason }
-                    })
-                }
+                // The error reply its SET met, mapped as if it had been the whole command's.
+                other => self.note_outcome(Err(self.classify(&Error::new(
+                    ErrorKind::Unknown,
+                    other.as_string().unwrap_or_default(),
+                )))),
             })
             .collect())
     }

@@ -449,7 +449,12 @@ impl TestServer {
         }
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until the health service reports `cache.v1.CacheService` SERVING (at start, or after the test
+    /// made Redis unresponsive and a redis-mode server has to verify it again).
+    ///
+    /// # Panics
+    /// If the server exits or is not serving within the start-up timeout.
+    pub async fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last: String;
         loop {

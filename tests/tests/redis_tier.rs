@@ -852,13 +852,17 @@ async fn object_invalidation_cost_does_not_grow_with_unrelated_keys() {
         .args(["--enable-debug-command", "yes"])
         .start()
         .await;
-    let server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let mut server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
     let rounds = 15;
 
+    // DEBUG POPULATE blocks Redis; a server command caught behind it times out and marks Redis down
+    // (correctly), so wait for the server to verify Redis again before measuring.
     redis.cli(["DEBUG", "POPULATE", "1000", "unrelated"]);
+    server.wait_ready().await;
     let small = median_object_invalidation(&redis, &server, rounds).await;
 
     redis.cli(["DEBUG", "POPULATE", "1000000", "unrelated"]);
+    server.wait_ready().await;
     let sample_before = redis.cli(["GET", "unrelated:123456"]);
     let scans_before = command_calls(&redis, "scan") + command_calls(&redis, "keys");
     let large = median_object_invalidation(&redis, &server, rounds).await;

@@ -491,6 +491,64 @@ async fn indexes_outlive_their_members_and_shed_expired_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_batched_together_share_an_index_and_it_outlives_the_longest() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let client = server.client().await;
+    let index = "cache:default:~:i:t:object";
+    // One batch writes each distinct index once (one ZADD of all its members, one TTL check): the shared
+    // type index must still get every member, scored by its own expiry, and a TTL past the longest one,
+    // wherever in the batch that Set sits. Some ids are written twice: the last write's score stays.
+    let evalshas_before = command_calls(&redis, "evalsha");
+    let sets = (0..120).map(|i| {
+        let mut client = client.clone();
+        let mut req = set_req(
+            key(pb::CacheType::ObjectInfo, &format!("o-{}", i % 100)),
+            &b"v"[..],
+        );
+        req.ttl_seconds = if i == 57 { 900 } else { 60 + (i % 5) };
+        tokio::spawn(async move { client.set(req).await })
+    });
+    for set in futures::future::join_all(sets).await {
+        assert!(set.unwrap().expect("Set").into_inner().stored);
+    }
+    let script_calls = command_calls(&redis, "evalsha") - evalshas_before;
+    assert!(
+        script_calls < 120,
+        "concurrent Sets share script calls: {script_calls} calls for 120 Sets"
+    );
+    assert_eq!(redis.cli(["ZCARD", index]), "100");
+    let pttl: i64 = redis.cli(["PTTL", index]).parse().unwrap();
+    assert!(
+        pttl >= 900_000,
+        "the index outlives its longest member: pttl {pttl}"
+    );
+    let now_ms = |redis: &RedisServer| -> i64 {
+        let time = redis.cli(["TIME"]);
+        let mut parts = time.lines();
+        let secs: i64 = parts.next().unwrap().trim().parse().unwrap();
+        let micros: i64 = parts.next().unwrap().trim().parse().unwrap();
+        secs * 1000 + micros / 1000
+    };
+    for id in 0..100 {
+        let entry = format!("cache:default:object:o-{id}");
+        let score = redis.cli(["ZSCORE", index, &entry]);
+        let entry_pttl: i64 = redis.cli(["PTTL", &entry]).parse().unwrap();
+        let expires = now_ms(&redis) + entry_pttl;
+        assert!(
+            (score.parse::<i64>().unwrap() - expires).abs() < 1_000,
+            "{entry}: index score {score} vs expiry {expires}"
+        );
+        // Its own object index got it too.
+        let own = format!("cache:default:~:i:o:o-{id}");
+        assert_eq!(redis.cli(["ZSCORE", &own, &entry]), score);
+        let own_pttl: i64 = redis.cli(["PTTL", &own]).parse().unwrap();
+        assert!(own_pttl >= entry_pttl, "{own} outlives {entry}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_flushed_from_redis_are_loaded_again() {
     let redis = RedisServer::start().await;
     let server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;

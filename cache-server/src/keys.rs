@@ -136,6 +136,12 @@ impl CacheType {
     pub fn is_object(self) -> bool {
         matches!(self, Self::ExportResult | Self::Metadata | Self::ObjectInfo)
     }
+
+    /// Whether type and id alone name the entry that has no user or project scope: not for export results
+    /// (format and options vary) nor user preferences (always scoped to a user).
+    pub fn has_unscoped_key(self) -> bool {
+        !matches!(self, Self::ExportResult | Self::UserPreference)
+    }
 }
 
 /// The identifying fields of an entry, used to match selectors. Empty strings mean "not scoped".
@@ -184,6 +190,24 @@ impl Keyspace {
     /// `<prefix>:<namespace>:`, the start of every key this service stores.
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The storage key of the entry of type `t` and id `id` with no user or project scope; `None` where
+    /// there is no such entry (see [`CacheType::has_unscoped_key`]).
+    pub fn unscoped_key(&self, t: CacheType, id: &str) -> Option<String> {
+        if !t.has_unscoped_key() {
+            return None;
+        }
+        let tags = KeyTags {
+            cache_type: t,
+            id: id.to_owned(),
+            user_id: String::new(),
+            project_id: String::new(),
+        };
+        let mut key = String::with_capacity(self.base.len() + 16 + id.len());
+        key.push_str(&self.base);
+        render_into(&mut key, &tags, "", "");
+        Some(key)
     }
 
     /// Validates a proto key and renders it. `field` is the path of the key in the request (e.g. `key`).
@@ -733,6 +757,37 @@ mod tests {
         match json_to_value(json).kind {
             Some(prost_types::value::Kind::StructValue(s)) => s,
             _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn unscoped_key_is_the_rendered_key_of_the_entry_with_no_scope() {
+        let ks = ks();
+        for t in CacheType::ALL {
+            let format = if t == CacheType::ExportResult {
+                "json"
+            } else {
+                ""
+            };
+            let user = if t == CacheType::UserPreference {
+                "u"
+            } else {
+                ""
+            };
+            let rendered = ks
+                .key(Some(&key(t.to_proto(), "a b:c%", format, user, "")), "key")
+                .unwrap()
+                .storage_key;
+            match ks.unscoped_key(t, "a b:c%") {
+                Some(k) => {
+                    assert!(t.has_unscoped_key());
+                    assert_eq!(k, &*rendered, "{t:?}");
+                }
+                None => assert!(
+                    matches!(t, CacheType::ExportResult | CacheType::UserPreference),
+                    "{t:?}"
+                ),
+            }
         }
     }
 

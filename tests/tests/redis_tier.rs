@@ -502,10 +502,10 @@ async fn sets_batched_together_share_an_index_and_it_outlives_the_longest() {
     let evalshas_before = command_calls(&redis, "evalsha");
     let sets = (0..120).map(|i| {
         let mut client = client.clone();
-        let mut req = set_req(
-            key(pb::CacheType::ObjectInfo, &format!("o-{}", i % 100)),
-            &b"v"[..],
-        );
+        // Scoped to a project, so that each is in its object index too.
+        let mut k = key(pb::CacheType::ObjectInfo, &format!("o-{}", i % 100));
+        k.project_id = "p1".into();
+        let mut req = set_req(k, &b"v"[..]);
         req.ttl_seconds = if i == 57 { 900 } else { 60 + (i % 5) };
         tokio::spawn(async move { client.set(req).await })
     });
@@ -531,7 +531,7 @@ async fn sets_batched_together_share_an_index_and_it_outlives_the_longest() {
         secs * 1000 + micros / 1000
     };
     for id in 0..100 {
-        let entry = format!("cache:default:object:o-{id}");
+        let entry = format!("cache:default:object:o-{id}:project:p1");
         let score = redis.cli(["ZSCORE", index, &entry]);
         let entry_pttl: i64 = redis.cli(["PTTL", &entry]).parse().unwrap();
         let expires = now_ms(&redis) + entry_pttl;
@@ -545,6 +545,68 @@ async fn sets_batched_together_share_an_index_and_it_outlives_the_longest() {
         let own_pttl: i64 = redis.cli(["PTTL", &own]).parse().unwrap();
         assert!(own_pttl >= entry_pttl, "{own} outlives {entry}");
     }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_their_id_names_skip_the_id_index_and_are_still_invalidated_by_id() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let mut client = server.client().await;
+    let scoped = |t: pb::CacheType, id: &str, user: &str| {
+        let mut k = key(t, id);
+        k.user_id = user.into();
+        k
+    };
+    let entries = [
+        key(pb::CacheType::Metadata, "m1"),
+        scoped(pb::CacheType::Metadata, "m1", "u1"),
+        key(pb::CacheType::ObjectInfo, "m1"),
+        key(pb::CacheType::SystemConfig, "c1"),
+        scoped(pb::CacheType::SystemConfig, "c1", "u1"),
+        key(pb::CacheType::ObjectInfo, "o1"),
+    ];
+    for k in &entries {
+        let stored = client.set(set_req(k.clone(), &b"v"[..])).await.unwrap();
+        assert!(stored.into_inner().stored);
+    }
+    // Only the scoped entries are in the id indexes; every entry is in its type index.
+    assert_eq!(
+        redis.cli(["ZRANGE", "cache:default:~:i:o:m1", "0", "-1"]),
+        "cache:default:metadata:m1:user:u1"
+    );
+    assert_eq!(
+        redis.cli(["ZRANGE", "cache:default:~:i:n:config:c1", "0", "-1"]),
+        "cache:default:config:c1:user:u1"
+    );
+    assert_eq!(redis.cli(["EXISTS", "cache:default:~:i:o:o1"]), "0");
+    assert_eq!(redis.cli(["ZCARD", "cache:default:~:i:t:metadata"]), "2");
+
+    let by = |t: Option<pb::CacheType>, id: &str, user: &str| {
+        Target::Selector(pb::Selector {
+            r#type: t.map_or(0, |t| t as i32),
+            object_id: id.into(),
+            user_id: user.into(),
+            ..Default::default()
+        })
+    };
+    let config = Some(pb::CacheType::SystemConfig);
+    // Scoped to a user: the unscoped entry of the same id stays.
+    assert_eq!(invalidate(&mut client, by(config, "c1", "u1")).await, 1);
+    let kept = client.get(get_req(entries[3].clone())).await.unwrap();
+    assert!(kept.into_inner().found);
+    // By type and id: the unscoped entry too.
+    assert_eq!(invalidate(&mut client, by(config, "c1", "")).await, 1);
+    // By id alone: every object type's entries of that id, scoped or not.
+    assert_eq!(invalidate(&mut client, by(None, "m1", "")).await, 3);
+    let object = Some(pb::CacheType::ObjectInfo);
+    assert_eq!(invalidate(&mut client, by(object, "o1", "")).await, 1);
+    for k in &entries {
+        let got = client.get(get_req(k.clone())).await.unwrap().into_inner();
+        assert!(!got.found, "{k:?} was invalidated");
+    }
+    // Nothing left to remove.
+    assert_eq!(invalidate(&mut client, by(None, "m1", "")).await, 0);
     server.shutdown().await;
 }
 

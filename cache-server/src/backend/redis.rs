@@ -7,10 +7,12 @@
 //!   [`super::access`]). Concurrent Gets share one `MGET` (see [`super::batch`]).
 //! - `<base>~:i:o:<id>` (object types), `<base>~:i:n:<type>:<id>` (preference / config names),
 //!   `<base>~:i:u:<user>`, `<base>~:i:p:<project>`, `<base>~:i:t:<type>`: sorted-set indexes of entry keys
-//!   scored by expiry (unix ms). A Set stretches the index's own TTL past its longest member (with a quarter
-//!   of slack, so most writes need not), and one Set in [`PRUNE_EVERY`] also removes the members whose
-//!   expiry has passed: a busy index holds little more than its live entries, an idle one expires whole, and
-//!   invalidation by selector or `all` costs what it removes, whatever else lives in Redis.
+//!   scored by expiry (unix ms). An entry its id alone names (metadata, object info or config without user
+//!   or project) is in no id index: invalidation by id removes it by its key. A Set stretches the index's
+//!   own TTL past its longest member (with a quarter of slack, so most writes need not), and one Set in
+//!   [`PRUNE_EVERY`] also removes the members whose expiry has passed: a busy index holds little more than
+//!   its live entries, an idle one expires whole, and invalidation by selector or `all` costs what it
+//!   removes, whatever else lives in Redis.
 //! - `<base>~:runid`: the Redis `run_id` whose data this service has verified (restart detection).
 //!
 //! # Failure handling
@@ -854,8 +856,16 @@ impl Redis {
             .collect())
     }
 
+    /// The indexes an entry joins. An entry its id alone names (no user, no project, not an export) is
+    /// not in its id index: invalidation by id removes it by its key (see [`Self::invalidate_selector`]),
+    /// which saves most Sets a ZADD and a TTL check on an index of one member.
     fn push_indexes(&self, tags: &KeyTags, keys: &mut Vec<String>) {
-        keys.push(self.id_index(tags.cache_type, &tags.id));
+        if !(tags.user_id.is_empty()
+            && tags.project_id.is_empty()
+            && tags.cache_type.has_unscoped_key())
+        {
+            keys.push(self.id_index(tags.cache_type, &tags.id));
+        }
         keys.push(self.type_index(tags.cache_type));
         if !tags.user_id.is_empty() {
             keys.push(self.index_key(&["u"], &tags.user_id));
@@ -966,11 +976,30 @@ impl Redis {
             (None, None, None, None) => return Ok(Removed::default()),
         };
         let name_index = s.object_id.is_some() && s.cache_type.is_some_and(|t| !t.is_object());
-        if single || (name_index && s.user_id.is_none() && s.project_id.is_none()) {
-            self.drain(&index).await
+        let mut removed = if single || (name_index && s.user_id.is_none() && s.project_id.is_none())
+        {
+            self.drain(&index).await?
         } else {
-            self.filter_index(&index, s).await
+            self.filter_index(&index, s).await?
+        };
+        // Entries their id alone names are in no id index (see `push_indexes`): removed by key.
+        if let Some(id) = &s.object_id
+            && s.user_id.is_none()
+            && s.project_id.is_none()
+        {
+            let keys: Vec<String> = match s.cache_type {
+                Some(t) => self.keyspace.unscoped_key(t, id).into_iter().collect(),
+                None => CacheType::ALL
+                    .iter()
+                    .filter(|t| t.is_object())
+                    .filter_map(|t| self.keyspace.unscoped_key(*t, id))
+                    .collect(),
+            };
+            if !keys.is_empty() {
+                removed.merge(self.delete_keys(keys, "").await?);
+            }
         }
+        Ok(removed)
     }
 
     async fn invalidate_pattern(&self, pattern: &str) -> Result<Removed, BackendError> {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use cache_proto::pb;
 use cache_proto::pb::cache_service_client::CacheServiceClient;
-use cache_server::config::{BackendMode, Config, Settings};
+use cache_server::config::{BackendMode, Config, RedisSettings, Secret, Settings};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -149,6 +149,14 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Redis settings that point a cache server at this Redis by URL, the rest left to their defaults.
+    pub fn settings(&self) -> RedisSettings {
+        RedisSettings {
+            url: Some(Secret::new(self.url())),
+            ..Default::default()
+        }
     }
 
     /// The process id of the running server, if running.
@@ -526,6 +534,19 @@ pub fn memory_config(overrides: Settings) -> Config {
         ..Default::default()
     };
     Config::from_settings(base.overlay(overrides)).expect("valid test config")
+}
+
+/// A `mode` (redis or hybrid) config with [`memory_config`]'s footprint, connected with `redis` (see
+/// [`RedisServer::settings`]).
+///
+/// # Panics
+/// If the resulting config is invalid.
+pub fn redis_config(mode: BackendMode, redis: RedisSettings) -> Config {
+    memory_config(Settings {
+        backend: Some(mode),
+        redis,
+        ..Default::default()
+    })
 }
 
 /// A channel to `addr` (connected, retried for up to [`READY_TIMEOUT`]).

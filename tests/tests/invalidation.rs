@@ -1,12 +1,12 @@
-//! Invalidation, end to end in memory mode and in redis mode: by key, by selector (object, user, project, type and
-//! combinations), by pattern and everything. Each removes exactly what it names, no more, and reports how many
-//! entries it removed.
+//! Invalidation, end to end in memory mode and in redis mode: by key, by selector (object, user, project,
+//! type and combinations), by pattern and everything. Each removes exactly what it names, no more, and
+//! reports how many entries it removed.
 
 use cache_proto::pb;
 use cache_proto::pb::cache_service_client::CacheServiceClient;
 use cache_proto::pb::invalidate_request::Target;
-use cache_server::config::{BackendMode, RedisSettings, Secret, Settings};
-use cache_tests::{RedisServer, TestServer, export_key, key, memory_config, set_req};
+use cache_server::config::BackendMode;
+use cache_tests::{RedisServer, TestServer, export_key, key, redis_config, set_req};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -29,14 +29,7 @@ where
 {
     body(TestServer::memory().await).await;
     let redis = RedisServer::start().await;
-    let config = memory_config(Settings {
-        backend: Some(BackendMode::Redis),
-        redis: RedisSettings {
-            url: Some(Secret::new(redis.url())),
-            ..Default::default()
-        },
-        ..Default::default()
-    });
+    let config = redis_config(BackendMode::Redis, redis.settings());
     body(TestServer::start(config).await).await;
 }
 

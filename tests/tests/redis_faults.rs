@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use cache_proto::pb;
 use cache_proto::pb::cache_service_client::CacheServiceClient;
-use cache_server::config::{BackendMode, Config, HumanDuration, RedisSettings, Secret, Settings};
-use cache_tests::{RedisServer, TestServer, get_req, key, set_req};
+use cache_server::config::{BackendMode, Config, HumanDuration, RedisSettings};
+use cache_tests::{RedisServer, TestServer, get_req, key, redis_config, set_req};
 use pb::invalidate_request::Target;
 use tonic::transport::Channel;
 
@@ -19,19 +19,13 @@ const DEADLINE: Duration = Duration::from_secs(1);
 const BUDGET: Duration = Duration::from_millis(250);
 
 fn config(mode: BackendMode, redis: &RedisServer) -> Config {
-    Config::from_settings(Settings {
-        backend: Some(mode),
-        max_size_mb: Some(256),
-        max_value_bytes: Some(64 << 20),
-        shutdown_grace: Some(HumanDuration(Duration::from_secs(5))),
-        redis: RedisSettings {
-            url: Some(Secret::new(redis.url())),
+    redis_config(
+        mode,
+        RedisSettings {
             command_timeout: Some(HumanDuration(BUDGET)),
-            ..Default::default()
+            ..redis.settings()
         },
-        ..Default::default()
-    })
-    .expect("valid config")
+    )
 }
 
 fn with_deadline<T>(message: T) -> tonic::Request<T> {

@@ -5,29 +5,9 @@
 use std::time::{Duration, Instant};
 
 use cache_proto::pb;
-use cache_server::config::{BackendMode, Config, HumanDuration, RedisSettings, Secret, Settings};
-use cache_tests::{RedisServer, TestServer, export_key, get_req, key, set_req};
+use cache_server::config::{BackendMode, RedisSettings, Secret};
+use cache_tests::{RedisServer, TestServer, export_key, get_req, key, redis_config, set_req};
 use pb::invalidate_request::Target;
-
-/// A config for `mode` pointed at `redis` by URL, with test-sized memory.
-fn redis_config(mode: BackendMode, redis: RedisSettings) -> Config {
-    Config::from_settings(Settings {
-        backend: Some(mode),
-        max_size_mb: Some(256),
-        max_value_bytes: Some(64 << 20),
-        shutdown_grace: Some(HumanDuration(Duration::from_secs(5))),
-        redis,
-        ..Default::default()
-    })
-    .expect("valid config")
-}
-
-fn url(redis: &RedisServer) -> RedisSettings {
-    RedisSettings {
-        url: Some(Secret::new(redis.url())),
-        ..Default::default()
-    }
-}
 
 async fn invalidate(
     client: &mut pb::cache_service_client::CacheServiceClient<tonic::transport::Channel>,
@@ -45,7 +25,7 @@ async fn invalidate(
 
 async fn every_rpc_round_trips(mode: BackendMode) {
     let redis = RedisServer::start().await;
-    let server = TestServer::start(redis_config(mode, url(&redis))).await;
+    let server = TestServer::start(redis_config(mode, redis.settings())).await;
     let mut client = server.client().await;
 
     let k = key(pb::CacheType::Metadata, "42");
@@ -177,7 +157,7 @@ async fn every_rpc_works_in_hybrid_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_expire_in_redis() {
     let redis = RedisServer::start().await;
-    let server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let server = TestServer::start(redis_config(BackendMode::Redis, redis.settings())).await;
     let mut client = server.client().await;
     let mut req = set_req(key(pb::CacheType::SystemConfig, "flags"), &b"on"[..]);
     req.ttl_seconds = 1;
@@ -445,7 +425,7 @@ async fn connects_over_tls_to_a_self_signed_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn indexes_outlive_their_members_and_shed_expired_ones() {
     let redis = RedisServer::start().await;
-    let server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let server = TestServer::start(redis_config(BackendMode::Redis, redis.settings())).await;
     let mut client = server.client().await;
     let index = "cache:default:~:i:t:config";
     let set = |id: String, ttl_seconds: u32| {
@@ -493,7 +473,7 @@ async fn indexes_outlive_their_members_and_shed_expired_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sets_batched_together_share_an_index_and_it_outlives_the_longest() {
     let redis = RedisServer::start().await;
-    let server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let server = TestServer::start(redis_config(BackendMode::Redis, redis.settings())).await;
     let client = server.client().await;
     let index = "cache:default:~:i:t:object";
     // One batch writes each distinct index once (one ZADD of all its members, one TTL check): the shared
@@ -551,7 +531,7 @@ async fn sets_batched_together_share_an_index_and_it_outlives_the_longest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_their_id_names_skip_the_id_index_and_are_still_invalidated_by_id() {
     let redis = RedisServer::start().await;
-    let server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let server = TestServer::start(redis_config(BackendMode::Redis, redis.settings())).await;
     let mut client = server.client().await;
     let scoped = |t: pb::CacheType, id: &str, user: &str| {
         let mut k = key(t, id);
@@ -613,7 +593,7 @@ async fn entries_their_id_names_skip_the_id_index_and_are_still_invalidated_by_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_flushed_from_redis_are_loaded_again() {
     let redis = RedisServer::start().await;
-    let server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let server = TestServer::start(redis_config(BackendMode::Redis, redis.settings())).await;
     let client = server.client().await;
     // Scripts go out as pipelined EVALSHA: after SCRIPT FLUSH every call queued on a connection answers
     // NOSCRIPT, and each must load the script and run once more, not fail.
@@ -666,7 +646,7 @@ async fn scripts_flushed_from_redis_are_loaded_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_gets_share_mgets_and_each_gets_its_own_answer() {
     let redis = RedisServer::start().await;
-    let server = TestServer::start(redis_config(BackendMode::Hybrid, url(&redis))).await;
+    let server = TestServer::start(redis_config(BackendMode::Hybrid, redis.settings())).await;
     let mut client = server.client().await;
     let keys = 100;
     for i in 0..keys {
@@ -709,7 +689,7 @@ async fn concurrent_gets_share_mgets_and_each_gets_its_own_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sets_share_script_calls_and_each_gets_its_own_outcome() {
     let redis = RedisServer::start().await;
-    let server = TestServer::start(redis_config(BackendMode::Hybrid, url(&redis))).await;
+    let server = TestServer::start(redis_config(BackendMode::Hybrid, redis.settings())).await;
     let mut client = server.client().await;
     // Keys that exist already: an only-if-absent Set of them must not store.
     for i in 0..20 {
@@ -793,7 +773,7 @@ async fn a_redis_out_of_memory_refuses_each_set_clearly_and_recovers() {
         .args(["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"])
         .start()
         .await;
-    let server = TestServer::start(redis_config(BackendMode::Hybrid, url(&redis))).await;
+    let server = TestServer::start(redis_config(BackendMode::Hybrid, redis.settings())).await;
     let mut client = server.client().await;
     let k = |i: usize| key(pb::CacheType::Metadata, &format!("oom-{i}"));
     client.set(set_req(k(0), &b"before"[..])).await.unwrap();
@@ -845,7 +825,7 @@ async fn wait_for_counter(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_counts_reach_redis_and_reset_on_overwrite() {
     let redis = RedisServer::start().await;
-    let server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let server = TestServer::start(redis_config(BackendMode::Redis, redis.settings())).await;
     let mut client = server.client().await;
     let k = key(pb::CacheType::ObjectInfo, "counted");
     client.set(set_req(k.clone(), &b"v"[..])).await.unwrap();
@@ -860,7 +840,7 @@ async fn read_counts_reach_redis_and_reset_on_overwrite() {
     let ttl: i64 = redis.cli(["TTL", counter]).parse().unwrap();
     assert!(ttl > 0, "the counter expires with its entry: ttl {ttl}");
     // A second server sees the flushed count.
-    let other = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let other = TestServer::start(redis_config(BackendMode::Redis, redis.settings())).await;
     let mut other_client = other.client().await;
     let got = other_client
         .get(get_req(k.clone()))
@@ -972,7 +952,7 @@ async fn object_invalidation_cost_does_not_grow_with_unrelated_keys() {
         .args(["--enable-debug-command", "yes"])
         .start()
         .await;
-    let mut server = TestServer::start(redis_config(BackendMode::Redis, url(&redis))).await;
+    let mut server = TestServer::start(redis_config(BackendMode::Redis, redis.settings())).await;
     let rounds = 15;
 
     // DEBUG POPULATE blocks Redis; a server command caught behind it times out and marks Redis down

@@ -7,12 +7,12 @@
 //!   [`super::access`]). Concurrent Gets share one `MGET` (see [`super::batch`]).
 //! - `<base>~:i:o:<id>` (object types), `<base>~:i:n:<type>:<id>` (preference / config names),
 //!   `<base>~:i:u:<user>`, `<base>~:i:p:<project>`, `<base>~:i:t:<type>`: sorted-set indexes of entry keys
-//!   scored by expiry (unix ms, rounded up to 1/16 of the TTL, at most a minute). An entry its id alone names (metadata, object info or config without user
-//!   or project) is in no id index: invalidation by id removes it by its key. A Set stretches the index's
-//!   own TTL past its longest member (with a quarter of slack, so most writes need not), and one Set in
-//!   [`PRUNE_EVERY`] also removes the members whose expiry has passed: a busy index holds little more than
-//!   its live entries, an idle one expires whole, and invalidation by selector or `all` costs what it
-//!   removes, whatever else lives in Redis.
+//!   scored by expiry (unix ms, rounded up to 1/16 of the TTL, at most a minute). An entry its id alone names
+//!   (metadata, object info or config without user or project) is in no id index: invalidation by id removes
+//!   it by its key. A Set stretches the index's own TTL past its longest member (with a quarter of slack, so
+//!   most writes need not), and one Set in [`PRUNE_EVERY`] also removes the members whose expiry has passed:
+//!   a busy index holds little more than its live entries, an idle one expires whole, and invalidation by
+//!   selector or `all` costs what it removes, whatever else lives in Redis.
 //! - `<base>~:runid`: the Redis `run_id` whose data this service has verified (restart detection).
 //!
 //! # Failure handling
@@ -92,14 +92,14 @@ return totals
 ";
 
 // A batch of Sets. Per Set, in order: KEYS = its entry, its read counter, its indexes; ARGV = the envelope
-// and one number packing the rest, ((TTL ms * 8 + index count) * 2 + only-if-absent) * 2 + prune the
-// indexes' expired members (see [`set_code`]). Answers per Set 1 (stored), 0 (only-if-absent and a live
-// entry) or the error the SET met (OOM, say), so one refused Set does not fail the others. The SETs run first; then the stored Sets' read counters go in one
-// UNLINK and their index members in one ZADD per distinct index (a type's index is shared by every Set of
-// the type), and each distinct index's own TTL is stretched, with a quarter of slack, only when it would end
-// before its longest new member's (one PTTL per index and batch). A SET refused for memory is the script's
-// first write or none (Redis checks `maxmemory` only until a script has written), so the bookkeeping of the
-// Sets that stored never fails for memory.
+// and one number packing the rest, ((TTL ms * 8 + index count) * 2 + only-if-absent) * 2 + prune the indexes'
+// expired members (see [`set_code`]). Answers per Set 1 (stored), 0 (only-if-absent and a live entry) or the
+// error the SET met (OOM, say), so one refused Set does not fail the others. The SETs run first; then the
+// stored Sets' read counters go in one UNLINK and their index members in one ZADD per distinct index (a
+// type's index is shared by every Set of the type), and each distinct index's own TTL is stretched, with a
+// quarter of slack, only when it would end before its longest new member's (one PTTL per index and batch). A
+// SET refused for memory is the script's first write or none (Redis checks `maxmemory` only until a script
+// has written), so the bookkeeping of the Sets that stored never fails for memory.
 // Lua glue, not the commands, is most of the cost (under h2load, 50 x 1 Set of one key: 9.5 us per Set in
 // the script, 2.1 us of it in its commands), so calls are shared across the batch: 40 -> 13 `redis.call`s per
 // batch of 6.4 Sets, 9.5 -> 8.0 us per Set in the script; with 1000 keys (loadgen) 14.4 -> 13.5 us. Every

@@ -282,6 +282,12 @@ async fn authenticates_with_a_password_or_an_acl_user() {
         .into_inner();
     assert_eq!(&got.value[..], b"y");
     assert_eq!(got.entry.unwrap().tier, pb::Tier::Redis as i32);
+    // A large value (MULTI, SET, EVAL, EXEC) under the same ACL.
+    let large = incompressible(100 << 10, 5);
+    let k = key(pb::CacheType::Metadata, "acl-large");
+    client.set(set_req(k.clone(), large.clone())).await.unwrap();
+    let got = client.get(get_req(k)).await.unwrap().into_inner();
+    assert!(got.value == large);
     server.shutdown().await;
 
     // A wrong password: hybrid mode keeps serving from memory and says Redis is not connected.
@@ -702,6 +708,7 @@ async fn concurrent_sets_share_script_calls_and_each_gets_its_own_outcome() {
         client.set(set_req(k, &b"first"[..])).await.unwrap();
     }
     let evalshas_before = command_calls(&redis, "evalsha");
+    let execs_before = command_calls(&redis, "exec");
     // 200 Sets at once: exports with user and project (four indexes), metadata (two), only-if-absent on
     // taken and on free keys, and large values (written alone, beside the batches).
     let sets = (0..200usize).map(|i| {
@@ -748,10 +755,15 @@ async fn concurrent_sets_share_script_calls_and_each_gets_its_own_outcome() {
         assert!(got.value == expected, "value of Set {i}");
     }
     let evalshas = command_calls(&redis, "evalsha") - evalshas_before;
-    // Measured: 50 (40 large values alone, the 160 others in about 10 calls).
+    // Measured: about 10 (the 160 small Sets; each large value goes alone, in its own transaction).
     assert!(
-        evalshas <= 100,
-        "200 concurrent Sets went out as {evalshas} script calls"
+        evalshas <= 60,
+        "160 concurrent small Sets went out as {evalshas} script calls"
+    );
+    assert_eq!(
+        command_calls(&redis, "exec") - execs_before,
+        40,
+        "large Sets"
     );
     // Every batched Set was indexed under its own user.
     let even = invalidate(
@@ -769,6 +781,111 @@ async fn concurrent_sets_share_script_calls_and_each_gets_its_own_outcome() {
         40 + 20 + 40 + 40,
         "odd exports, taken, free and large entries"
     );
+    server.shutdown().await;
+}
+
+/// `len` bytes no compressor shrinks (so the stored envelope is as large as the value).
+fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_are_written_atomically_without_entering_lua() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(redis_config(BackendMode::Hybrid, redis.settings())).await;
+    let mut client = server.client().await;
+    let k = export_key("big", "ifc", serde_json::json!({}), "u1", "p1");
+    let calls = |redis: &RedisServer| {
+        ["exec", "eval", "evalsha"].map(|command| command_calls(redis, command))
+    };
+    // Redis' Lua hashes every byte it is handed: a large value goes in a plain SET, inside MULTI/EXEC
+    // beside the keys-only index script (EVAL), never through the batch script (EVALSHA).
+    let before = calls(&redis);
+    let mut req = set_req(k.clone(), incompressible(300 << 10, 1));
+    req.ttl_seconds = 600;
+    let set = client.set(req).await.unwrap().into_inner();
+    assert!(set.stored);
+    let [exec, eval, evalsha] = calls(&redis);
+    assert_eq!(
+        [exec - before[0], eval - before[1], evalsha - before[2]],
+        [1, 1, 0],
+        "EXEC, EVAL and EVALSHA calls for one large Set"
+    );
+    let entry = set.entry.unwrap().key;
+    let pttl: i64 = redis.cli(["PTTL", &entry]).parse().unwrap();
+    assert!((590_000..=600_000).contains(&pttl), "entry pttl {pttl}");
+    // In each of its indexes (type, object, user, project), scored at its expiry rounded up to the grain
+    // (600 s / 16 = 37.5 s), each index outliving it.
+    let indexes = [
+        "cache:default:~:i:t:export_result",
+        "cache:default:~:i:o:big",
+        "cache:default:~:i:u:u1",
+        "cache:default:~:i:p:p1",
+    ];
+    let time = redis.cli(["TIME"]);
+    let mut parts = time.lines();
+    let now_ms = parts.next().unwrap().trim().parse::<i64>().unwrap() * 1000
+        + parts.next().unwrap().trim().parse::<i64>().unwrap() / 1000;
+    let score = |index: &str| redis.cli(["ZSCORE", index, &entry]);
+    let first_score = score(indexes[0]);
+    let lag = first_score.parse::<i64>().unwrap() - (now_ms + pttl);
+    assert!(
+        (-50..=38_500).contains(&lag),
+        "score {first_score}, lag {lag} ms"
+    );
+    for index in indexes {
+        assert_eq!(score(index), first_score, "{index}");
+        let index_pttl: i64 = redis.cli(["PTTL", index]).parse().unwrap();
+        assert!(index_pttl >= pttl, "{index} outlives the entry");
+    }
+    // Only-if-absent with a shorter TTL: not stored, the value kept, and no index score lowered (the
+    // kept entry lives longer than this Set would have).
+    let mut req = set_req(k.clone(), incompressible(200 << 10, 2));
+    req.ttl_seconds = 60;
+    req.only_if_absent = true;
+    assert!(!client.set(req).await.unwrap().into_inner().stored);
+    for index in indexes {
+        assert_eq!(score(index), first_score, "{index} after only-if-absent");
+    }
+    let got = client.get(get_req(k.clone())).await.unwrap().into_inner();
+    assert!(
+        got.value == incompressible(300 << 10, 1),
+        "the first value stays"
+    );
+    // Read counts reach Redis; an overwrite starts them over, as with small values.
+    let counter = entry.replacen("cache:default:", "cache:default:~:c:", 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    wait_for_counter(
+        &redis,
+        &counter,
+        "1",
+        deadline,
+        "the read never reached Redis",
+    )
+    .await;
+    let mut req = set_req(k.clone(), incompressible(100 << 10, 3));
+    req.ttl_seconds = 600;
+    assert!(client.set(req).await.unwrap().into_inner().stored);
+    assert_eq!(redis.cli(["EXISTS", &counter]), "0");
+    // And invalidation finds it through any of its indexes.
+    let removed = invalidate(
+        &mut client,
+        Target::Selector(pb::Selector {
+            user_id: "u1".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(removed, 1);
+    assert_eq!(redis.cli(["EXISTS", &entry]), "0");
     server.shutdown().await;
 }
 
@@ -798,6 +915,14 @@ async fn a_redis_out_of_memory_refuses_each_set_clearly_and_recovers() {
         assert!(status.message().contains("OOM"), "{status:?}");
     }
     assert_eq!(redis.cli(["EXISTS", "cache:default:metadata:oom-1"]), "0");
+    // A large value (its own transaction) is refused the same way, and leaves nothing behind.
+    let status = client
+        .set(set_req(k(11), incompressible(100 << 10, 4)))
+        .await
+        .expect_err("a large Set refused while Redis is out of memory");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("OOM"), "{status:?}");
+    assert_eq!(redis.cli(["EXISTS", "cache:default:metadata:oom-11"]), "0");
     // Reads still work, and writes do again once memory is freed.
     let got = client.get(get_req(k(0))).await.unwrap().into_inner();
     assert_eq!(&got.value[..], b"before");

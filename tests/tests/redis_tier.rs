@@ -509,18 +509,11 @@ async fn sets_batched_together_share_an_index_and_it_outlives_the_longest() {
         pttl >= 900_000,
         "the index outlives its longest member: pttl {pttl}"
     );
-    let now_ms = |redis: &RedisServer| -> i64 {
-        let time = redis.cli(["TIME"]);
-        let mut parts = time.lines();
-        let secs: i64 = parts.next().unwrap().trim().parse().unwrap();
-        let micros: i64 = parts.next().unwrap().trim().parse().unwrap();
-        secs * 1000 + micros / 1000
-    };
     for id in 0..100 {
         let entry = format!("cache:default:object:o-{id}:project:p1");
         let score = redis.cli(["ZSCORE", index, &entry]);
         let entry_pttl: i64 = redis.cli(["PTTL", &entry]).parse().unwrap();
-        let expires = now_ms(&redis) + entry_pttl;
+        let expires = redis_now_ms(&redis) + entry_pttl;
         // Scores are expiries rounded up to 1/16 of the TTL (60-64 s here: a grain of ~4 s; the one of
         // 900 s: ~56 s), never below the expiry (a member pruned before its entry expired would hide it from
         // invalidation). 50 ms of slack for the clock ticking between the reads above.
@@ -830,10 +823,7 @@ async fn large_values_are_written_atomically_without_entering_lua() {
         "cache:default:~:i:u:u1",
         "cache:default:~:i:p:p1",
     ];
-    let time = redis.cli(["TIME"]);
-    let mut parts = time.lines();
-    let now_ms = parts.next().unwrap().trim().parse::<i64>().unwrap() * 1000
-        + parts.next().unwrap().trim().parse::<i64>().unwrap() / 1000;
+    let now_ms = redis_now_ms(&redis);
     let score = |index: &str| redis.cli(["ZSCORE", index, &entry]);
     let first_score = score(indexes[0]);
     let lag = first_score.parse::<i64>().unwrap() - (now_ms + pttl);
@@ -1034,6 +1024,15 @@ async fn store_object(
             client.set(set_req(k, &b"e"[..])).await.unwrap();
         }
     }
+}
+
+/// Redis' own clock (`TIME`), in unix ms: what index scores are computed from.
+fn redis_now_ms(redis: &RedisServer) -> i64 {
+    let time = redis.cli(["TIME"]);
+    let mut parts = time.lines();
+    let secs: i64 = parts.next().unwrap().trim().parse().unwrap();
+    let micros: i64 = parts.next().unwrap().trim().parse().unwrap();
+    secs * 1000 + micros / 1000
 }
 
 fn command_calls(redis: &RedisServer, command: &str) -> u64 {

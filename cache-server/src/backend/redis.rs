@@ -97,6 +97,39 @@ end
 return totals
 ";
 
+/// Lua shared by the Set scripts (string literals, so that the scripts stay `&'static str`): Redis' clock
+/// in unix ms as `now`.
+macro_rules! lua_now {
+    () => {
+        r"local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"
+    };
+}
+
+/// Lua unpacking a Set's code `c` (see [`set_code`]) into `prune`, `nx`, `nindexes` and `ttl`.
+macro_rules! lua_unpack_set_code {
+    () => {
+        r"local prune = c % 2 == 1
+c = (c - c % 2) / 2
+local nx = c % 2 == 1
+c = (c - c % 2) / 2
+local nindexes = c % 8
+local ttl = (c - nindexes) / 8
+"
+    };
+}
+
+/// Lua computing a Set's index `score` from `now` and `ttl`: its expiry rounded up to 1/16 of the TTL, at
+/// most a minute.
+macro_rules! lua_index_score {
+    () => {
+        r"local g = math.min(60000, math.floor(ttl / 16) + 1)
+local score = math.ceil((now + ttl) / g) * g
+"
+    };
+}
+
 // A batch of Sets. Per Set, in order: KEYS = its entry, its read counter, its indexes; ARGV = the envelope
 // and one number packing the rest, ((TTL ms * 8 + index count) * 2 + only-if-absent) * 2 + prune the indexes'
 // expired members (see [`set_code`]). Answers per Set 1 (stored), 0 (only-if-absent and a live entry) or the
@@ -114,51 +147,49 @@ return totals
 // Index scores are the expiry rounded up to a grain of 1/16 of the TTL, at most a minute: a key Set again
 // within its grain keeps its score, and ZADD leaves such a member where it is instead of moving it in the
 // skiplist (9.0 -> 8.2 us per Set, same bench). A member outlives its entry by at most the grain; a score is
-// never below its entry's expiry, so pruning never drops a live entry from an index.
-const SET_LUA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local answers, counters, order, indexes = {}, {}, {}, {}
+// never below its entry's expiry, so pruning never drops a live entry from an index (computed once per Set,
+// shared by its indexes).
+const SET_LUA: &str = concat!(
+    lua_now!(),
+    r"local answers, counters, order, indexes = {}, {}, {}, {}
 local k = 1
 for i = 0, #ARGV / 2 - 1 do
-  local c = tonumber(ARGV[2 * i + 2])
-  local prune = c % 2 == 1
-  c = (c - c % 2) / 2
-  local nx = c % 2 == 1
-  c = (c - c % 2) / 2
-  local nkeys = 2 + c % 8
-  local ttl = (c - c % 8) / 8
-  local entry = KEYS[k]
-  local ok
-  if nx then
-    ok = redis.pcall('SET', entry, ARGV[2 * i + 1], 'PX', ttl, 'NX')
-  else
-    ok = redis.pcall('SET', entry, ARGV[2 * i + 1], 'PX', ttl)
-  end
-  if type(ok) == 'table' and ok.err then
-    answers[i + 1] = ok.err
-  elseif not ok then
-    answers[i + 1] = 0
-  else
-    counters[#counters + 1] = KEYS[k + 1]
-    for j = k + 2, k + nkeys - 1 do
-      local index = KEYS[j]
-      local z = indexes[index]
-      if not z then
-        z = {ttl, prune}
-        indexes[index] = z
-        order[#order + 1] = index
-      else
-        if ttl > z[1] then z[1] = ttl end
-        if prune then z[2] = true end
-      end
-      local g = math.min(60000, math.floor(ttl / 16) + 1)
-      z[#z + 1] = math.ceil((now + ttl) / g) * g
-      z[#z + 1] = entry
+local c = tonumber(ARGV[2 * i + 2])
+",
+    lua_unpack_set_code!(),
+    r"local nkeys = 2 + nindexes
+local entry = KEYS[k]
+local ok
+if nx then
+  ok = redis.pcall('SET', entry, ARGV[2 * i + 1], 'PX', ttl, 'NX')
+else
+  ok = redis.pcall('SET', entry, ARGV[2 * i + 1], 'PX', ttl)
+end
+if type(ok) == 'table' and ok.err then
+  answers[i + 1] = ok.err
+elseif not ok then
+  answers[i + 1] = 0
+else
+  counters[#counters + 1] = KEYS[k + 1]
+",
+    lua_index_score!(),
+    r"  for j = k + 2, k + nkeys - 1 do
+    local index = KEYS[j]
+    local z = indexes[index]
+    if not z then
+      z = {ttl, prune}
+      indexes[index] = z
+      order[#order + 1] = index
+    else
+      if ttl > z[1] then z[1] = ttl end
+      if prune then z[2] = true end
     end
-    answers[i + 1] = 1
+    z[#z + 1] = score
+    z[#z + 1] = entry
   end
-  k = k + nkeys
+  answers[i + 1] = 1
+end
+k = k + nkeys
 end
 if #counters > 0 then redis.call('UNLINK', unpack(counters)) end
 for _, index in ipairs(order) do
@@ -170,7 +201,8 @@ for _, index in ipairs(order) do
   end
 end
 return answers
-";
+"
+);
 
 // One Set whose value is written by the plain `SET` before it in the same MULTI/EXEC (see
 // [`SET_BATCH_MAX_VALUE`]): KEYS = its entry, its read counter, its indexes; ARGV[1] = its code (see
@@ -179,18 +211,12 @@ return answers
 // counter expires and is invalidated with its entry) and never lowers a member's score (a kept entry may
 // live longer than this Set would have). Sent as `EVAL`: an `EVALSHA` refused for `NOSCRIPT` inside EXEC
 // would leave the SET done and the entry in no index.
-const SET_ALONE_LUA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local c = tonumber(ARGV[1])
-local prune = c % 2 == 1
-c = (c - c % 2) / 2
-local nx = c % 2 == 1
-c = (c - c % 2) / 2
-local ttl = (c - c % 8) / 8
-if not nx then redis.call('UNLINK', KEYS[2]) end
-local g = math.min(60000, math.floor(ttl / 16) + 1)
-local score = math.ceil((now + ttl) / g) * g
+const SET_ALONE_LUA: &str = concat!(
+    lua_now!(),
+    "local c = tonumber(ARGV[1])\n",
+    lua_unpack_set_code!(),
+    lua_index_score!(),
+    r"if not nx then redis.call('UNLINK', KEYS[2]) end
 for j = 3, #KEYS do
   local index = KEYS[j]
   local old = redis.call('ZSCORE', index, KEYS[1])
@@ -201,7 +227,8 @@ for j = 3, #KEYS do
   end
 end
 return 1
-";
+"
+);
 
 /// `MULTI` and `EXEC`, sent in a pipeline around one large Set (see [`Redis::store_alone`]).
 const MULTI: fred::types::CustomCommand = fred::types::CustomCommand {

@@ -129,11 +129,16 @@ fn main() -> ExitCode {
         let endpoint = telemetry::otlp_endpoint(&env);
         let telemetry = telemetry::init(config.log_format, service_name, endpoint.as_deref())?;
         let allocator = if cfg!(feature = "mimalloc") {
-            "mimalloc up to 64 KiB, system above"
+            "mimalloc up to split_bytes, system above"
         } else {
             "system"
         };
-        tracing::debug!(?malloc, allocator, "allocator settings applied");
+        tracing::debug!(
+            ?malloc,
+            allocator,
+            split_bytes = cache_server::malloc::SPLIT_BYTES,
+            "allocator settings applied"
+        );
         let served = serve(config).await;
         telemetry.shutdown().await;
         served

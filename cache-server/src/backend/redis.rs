@@ -107,32 +107,30 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     };
 }
 
-/// Lua unpacking a Set's code `c` (see [`set_code`]) into `prune`, `nx`, `nindexes` and `ttl`.
-macro_rules! lua_unpack_set_code {
+/// Lua unpacking a Set's flags `c` (see [`set_flags`]) into `prune`, `nx` and `nindexes`.
+macro_rules! lua_unpack_set_flags {
     () => {
         r"local prune = c % 2 == 1
 c = (c - c % 2) / 2
 local nx = c % 2 == 1
-c = (c - c % 2) / 2
-local nindexes = c % 8
-local ttl = (c - nindexes) / 8
+local nindexes = (c - c % 2) / 2
 "
     };
 }
 
-/// Lua computing a Set's index `score` from `now` and `ttl`: its expiry rounded up to 1/16 of the TTL, at
-/// most a minute.
+/// Lua setting a Set's index `score` from `now` and `ttl`: its expiry rounded up to 1/16 of the TTL, at
+/// most a minute, as a string of digits (see [`SET_LUA`] on why numbers never reach `redis.call`).
 macro_rules! lua_index_score {
     () => {
         r"local g = math.min(60000, math.floor(ttl / 16) + 1)
-local score = math.ceil((now + ttl) / g) * g
+score = string.format('%d', math.ceil((now + ttl) / g) * g)
 "
     };
 }
 
-// A batch of Sets. Per Set, in order: KEYS = its entry, its read counter, its indexes; ARGV = the envelope
-// and one number packing the rest, ((TTL ms * 8 + index count) * 2 + only-if-absent) * 2 + prune the indexes'
-// expired members (see [`set_code`]). Answers per Set 1 (stored), 0 (only-if-absent and a live entry) or the
+// A batch of Sets. Per Set, in order: KEYS = its entry, its read counter, its indexes; ARGV = the envelope,
+// the TTL in ms and one number packing the rest, (index count * 2 + only-if-absent) * 2 + prune the indexes'
+// expired members (see [`set_flags`]). Answers per Set 1 (stored), 0 (only-if-absent and a live entry) or the
 // error the SET met (OOM, say), so one refused Set does not fail the others. The SETs run first; then the
 // stored Sets' read counters go in one UNLINK and their index members in one ZADD per distinct index (a
 // type's index is shared by every Set of the type), and each distinct index's own TTL is stretched, with a
@@ -143,7 +141,14 @@ local score = math.ceil((now + ttl) / g) * g
 // the script, 2.1 us of it in its commands), so calls are shared across the batch: 40 -> 13 `redis.call`s per
 // batch of 6.4 Sets, 9.5 -> 8.0 us per Set in the script; with 1000 keys (loadgen) 14.4 -> 13.5 us. Every
 // argument costs Redis a parse and a Lua string, and fred an encode: packing TTL and flags into one number
-// (2 arguments per Set instead of 5) took Redis CPU per Set from 9.6 to 8.5 us (batches of 9, no load).
+// (2 arguments per Set instead of 5) took Redis CPU per Set from 9.6 to 8.5 us (batches of 9, no load); the
+// TTL went back to an argument of its own for the reason below (3 arguments per Set).
+// Numbers never reach `redis.call`: Redis 7.0 turns each Lua number argument into a string with
+// `snprintf("%.17g")`, ~0.9 us apiece (redis-benchmark, a script of one SET PX and one ZADD: 7.8 us with
+// number arguments, 5.9 us with the same values as strings). So the TTL travels as its own string argument
+// and goes to SET as it came, and each distinct TTL's index score is formatted once per batch with
+// `string.format('%d')` (integer formatting). Batches of 9 Sets of 1 KiB, one index each, no load, medians
+// of three runs of redis-benchmark: 7.4 -> 6.0, 8.6 -> 6.9 and 8.7 -> 7.6 us per Set in the script.
 // Index scores are the expiry rounded up to a grain of 1/16 of the TTL, at most a minute: a key Set again
 // within its grain keeps its score, and ZADD leaves such a member where it is instead of moving it in the
 // skiplist (9.0 -> 8.2 us per Set, same bench). A member outlives its entry by at most the grain; a score is
@@ -151,19 +156,21 @@ local score = math.ceil((now + ttl) / g) * g
 // shared by its indexes).
 const SET_LUA: &str = concat!(
     lua_now!(),
-    r"local answers, counters, order, indexes = {}, {}, {}, {}
+    r"local answers, counters, order, indexes, scores = {}, {}, {}, {}, {}
 local k = 1
-for i = 0, #ARGV / 2 - 1 do
-local c = tonumber(ARGV[2 * i + 2])
+for i = 0, #ARGV / 3 - 1 do
+local a = 3 * i
+local ttl_s = ARGV[a + 2]
+local c = tonumber(ARGV[a + 3])
 ",
-    lua_unpack_set_code!(),
+    lua_unpack_set_flags!(),
     r"local nkeys = 2 + nindexes
 local entry = KEYS[k]
 local ok
 if nx then
-  ok = redis.pcall('SET', entry, ARGV[2 * i + 1], 'PX', ttl, 'NX')
+  ok = redis.pcall('SET', entry, ARGV[a + 1], 'PX', ttl_s, 'NX')
 else
-  ok = redis.pcall('SET', entry, ARGV[2 * i + 1], 'PX', ttl)
+  ok = redis.pcall('SET', entry, ARGV[a + 1], 'PX', ttl_s)
 end
 if type(ok) == 'table' and ok.err then
   answers[i + 1] = ok.err
@@ -171,9 +178,14 @@ elseif not ok then
   answers[i + 1] = 0
 else
   counters[#counters + 1] = KEYS[k + 1]
+  local ttl = tonumber(ttl_s)
+  local score = scores[ttl_s]
+  if not score then
 ",
     lua_index_score!(),
-    r"  for j = k + 2, k + nkeys - 1 do
+    r"    scores[ttl_s] = score
+  end
+  for j = k + 2, k + nkeys - 1 do
     local index = KEYS[j]
     local z = indexes[index]
     if not z then
@@ -195,9 +207,9 @@ if #counters > 0 then redis.call('UNLINK', unpack(counters)) end
 for _, index in ipairs(order) do
   local z = indexes[index]
   redis.call('ZADD', index, unpack(z, 3))
-  if z[2] then redis.call('ZREMRANGEBYSCORE', index, '-inf', now) end
+  if z[2] then redis.call('ZREMRANGEBYSCORE', index, '-inf', string.format('%d', now)) end
   if redis.call('PTTL', index) < z[1] then
-    redis.call('PEXPIRE', index, z[1] + math.floor(z[1] / 4) + 1000)
+    redis.call('PEXPIRE', index, string.format('%d', z[1] + math.floor(z[1] / 4) + 1000))
   end
 end
 return answers
@@ -205,25 +217,25 @@ return answers
 );
 
 // One Set whose value is written by the plain `SET` before it in the same MULTI/EXEC (see
-// [`SET_BATCH_MAX_VALUE`]): KEYS = its entry, its read counter, its indexes; ARGV[1] = its code (see
-// [`set_code`]). The same bookkeeping as [`SET_LUA`] without the value. It cannot see whether an
+// [`SET_BATCH_MAX_VALUE`]): KEYS = its entry, its read counter, its indexes; ARGV = its TTL in ms and its
+// flags (see [`set_flags`]). The same bookkeeping as [`SET_LUA`] without the value. It cannot see whether an
 // only-if-absent SET stored, so for those it leaves the read counter alone (an absent entry has none: a
 // counter expires and is invalidated with its entry) and never lowers a member's score (a kept entry may
 // live longer than this Set would have). Sent as `EVAL`: an `EVALSHA` refused for `NOSCRIPT` inside EXEC
 // would leave the SET done and the entry in no index.
 const SET_ALONE_LUA: &str = concat!(
     lua_now!(),
-    "local c = tonumber(ARGV[1])\n",
-    lua_unpack_set_code!(),
+    "local ttl, c, score = tonumber(ARGV[1]), tonumber(ARGV[2])\n",
+    lua_unpack_set_flags!(),
     lua_index_score!(),
     r"if not nx then redis.call('UNLINK', KEYS[2]) end
 for j = 3, #KEYS do
   local index = KEYS[j]
   local old = redis.call('ZSCORE', index, KEYS[1])
-  if not old or tonumber(old) < score then redis.call('ZADD', index, score, KEYS[1]) end
-  if prune then redis.call('ZREMRANGEBYSCORE', index, '-inf', now) end
+  if not old or tonumber(old) < tonumber(score) then redis.call('ZADD', index, score, KEYS[1]) end
+  if prune then redis.call('ZREMRANGEBYSCORE', index, '-inf', string.format('%d', now)) end
   if redis.call('PTTL', index) < ttl then
-    redis.call('PEXPIRE', index, ttl + math.floor(ttl / 4) + 1000)
+    redis.call('PEXPIRE', index, string.format('%d', ttl + math.floor(ttl / 4) + 1000))
   end
 end
 return 1
@@ -384,22 +396,20 @@ pub struct Redis {
     sets: OnceLock<Coalescer<Write, Written>>,
 }
 
-/// A Set for the batch script: its keys (entry, read counter, indexes) and its arguments (the envelope and
-/// [`set_code`]), in the script's order.
+/// A Set for the batch script: its keys (entry, read counter, indexes) and its arguments (the envelope, the
+/// TTL and [`set_flags`]), in the script's order.
 struct Write {
     keys: Vec<Value>,
-    args: [Value; 2],
+    args: [Value; 3],
 }
 
-/// The number [`SET_LUA`] unpacks into a Set's TTL, index count and flags: one argument instead of four.
-fn set_code(ttl_ms: u64, indexes: usize, only_if_absent: bool, prune: bool) -> i64 {
-    debug_assert!(indexes < 8, "an entry joins at most 4 indexes");
-    // Lua numbers are doubles: the code (TTL x 32 + 31 at most) stays exact below 2^53, so TTLs are capped
-    // at 2^47 ms (~4,400 years).
-    let ttl_ms = ttl_ms.min(1 << 47);
-    let code =
-        ((ttl_ms * 8 + indexes as u64) * 2 + u64::from(only_if_absent)) * 2 + u64::from(prune);
-    code as i64
+/// Longest TTL sent to Redis, in ms (~4,400 years): Lua's doubles add it to Redis' clock exactly.
+const MAX_TTL_MS: u64 = 1 << 47;
+
+/// The number [`SET_LUA`] unpacks into a Set's index count and flags: one argument instead of three.
+fn set_flags(indexes: usize, only_if_absent: bool, prune: bool) -> i64 {
+    debug_assert!(indexes <= 4, "an entry joins at most 4 indexes");
+    ((indexes as i64 * 2) + i64::from(only_if_absent)) * 2 + i64::from(prune)
 }
 /// A Set's answer from the batch: whether it stored.
 type Written = Result<bool, BackendError>;
@@ -927,7 +937,7 @@ impl Redis {
         };
         let argv = || {
             let mut keys = Vec::with_capacity(writes.len() * 6);
-            let mut args = Vec::with_capacity(writes.len() * 2);
+            let mut args = Vec::with_capacity(writes.len() * 3);
             for write in &writes {
                 keys.extend(write.keys.iter().cloned());
                 args.extend(write.args.iter().cloned());
@@ -976,20 +986,23 @@ impl Redis {
     ) -> Result<bool, BackendError> {
         let Write {
             keys,
-            args: [envelope, code],
+            args: [envelope, ttl_arg, flags],
         } = write;
         // A pipeline, not fred's `Transaction`: that waits for the connection to drain and, under load,
-        // got the shared connection reset as unresponsive. fred writes a pipeline's commands back to back,
-        // so nothing else lands inside the MULTI.
+        // got the shared connection reset as unresponsive. fred's router writes a pipeline's commands one
+        // after the other before any other command, so nothing else lands inside the MULTI. (It flushes the
+        // socket after each of them, which is why batches of small Sets go through one script call instead:
+        // see `SET_LUA`.)
         let pipe = self.pool.next().pipeline();
         let queued = async {
             let nx = only_if_absent.then_some(SetOptions::NX);
-            let ttl = Expiration::PX(ttl_ms.min(i64::MAX as u64) as i64);
+            let ttl = Expiration::PX(ttl_ms.min(MAX_TTL_MS) as i64);
             let mut eval = Vec::with_capacity(3 + keys.len());
             eval.push(Value::from_static_str(SET_ALONE_LUA));
             eval.push(Value::Integer(keys.len() as i64));
             eval.extend(keys);
-            eval.push(code);
+            eval.push(ttl_arg);
+            eval.push(flags);
             pipe.custom::<(), Value>(MULTI, Vec::new()).await?;
             pipe.set::<(), _, _>(key.storage_key.as_ref(), envelope, Some(ttl), nx, false)
                 .await?;
@@ -1471,11 +1484,16 @@ impl Backend for Redis {
         keys.push(key.storage_key.to_string());
         keys.push(self.counter_key(&key.storage_key));
         self.push_indexes(&key.tags, &mut keys);
-        let code = set_code(ttl_ms, keys.len() - 2, only_if_absent, prune);
+        let flags = set_flags(keys.len() - 2, only_if_absent, prune);
         let alone = envelope.len() > SET_BATCH_MAX_VALUE;
         let write = Write {
             keys: keys.into_iter().map(Value::from).collect(),
-            args: [Value::Bytes(envelope), Value::Integer(code)],
+            // fred sends an integer as its decimal digits: Lua gets a string it hands to SET as is.
+            args: [
+                Value::Bytes(envelope),
+                Value::Integer(ttl_ms.min(MAX_TTL_MS) as i64),
+                Value::Integer(flags),
+            ],
         };
         let outcome = if alone {
             Box::pin(self.store_alone(key, write, ttl_ms, only_if_absent)).await
@@ -1563,42 +1581,28 @@ impl Backend for Redis {
 
 #[cfg(test)]
 mod tests {
-    use super::set_code;
+    use super::set_flags;
 
-    /// What `SET_LUA` does with the code, in the doubles Lua computes with.
-    fn unpack(code: i64) -> (f64, f64, bool, bool) {
-        let mut c = code as f64;
+    /// What the Set scripts do with the flags, in the doubles Lua computes with.
+    fn unpack(flags: i64) -> (f64, bool, bool) {
+        let mut c = flags as f64;
         let prune = c % 2.0 == 1.0;
         c = (c - c % 2.0) / 2.0;
         let nx = c % 2.0 == 1.0;
-        c = (c - c % 2.0) / 2.0;
-        let indexes = c % 8.0;
-        (((c - indexes) / 8.0), indexes, nx, prune)
+        ((c - c % 2.0) / 2.0, nx, prune)
     }
 
     #[test]
-    fn the_set_script_unpacks_what_set_code_packs() {
-        for ttl_ms in [
-            1,
-            999,
-            3_600_000,
-            30 * 86_400_000,
-            u64::from(u32::MAX) * 1000,
-            1 << 47,
-        ] {
-            for indexes in 1..=4 {
-                for nx in [false, true] {
-                    for prune in [false, true] {
-                        let got = unpack(set_code(ttl_ms, indexes, nx, prune));
-                        assert_eq!(got, (ttl_ms as f64, indexes as f64, nx, prune));
-                    }
+    fn the_set_scripts_unpack_what_set_flags_packs() {
+        for indexes in 1..=4 {
+            for nx in [false, true] {
+                for prune in [false, true] {
+                    assert_eq!(
+                        unpack(set_flags(indexes, nx, prune)),
+                        (indexes as f64, nx, prune)
+                    );
                 }
             }
         }
-        // Beyond the cap the TTL saturates rather than losing precision.
-        assert_eq!(
-            unpack(set_code(u64::MAX / 64, 1, false, false)).0,
-            (1u64 << 47) as f64
-        );
     }
 }

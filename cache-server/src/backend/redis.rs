@@ -996,8 +996,8 @@ impl Redis {
         let pipe = self.pool.next().pipeline();
         let queued = async {
             let nx = only_if_absent.then_some(SetOptions::NX);
-            let ttl = Expiration::PX(ttl_ms.min(MAX_TTL_MS) as i64);
-            let mut eval = Vec::with_capacity(3 + keys.len());
+            let ttl = Expiration::PX(ttl_ms as i64);
+            let mut eval = Vec::with_capacity(4 + keys.len());
             eval.push(Value::from_static_str(SET_ALONE_LUA));
             eval.push(Value::Integer(keys.len() as i64));
             eval.extend(keys);
@@ -1475,7 +1475,8 @@ impl Backend for Redis {
         if !self.is_up() {
             return Err(self.unavailable());
         }
-        let ttl_ms = ttl.as_millis().max(1) as u64;
+        // Capped once, so that the script's bookkeeping and a large value's plain SET see the same TTL.
+        let ttl_ms = ttl.as_millis().clamp(1, u128::from(MAX_TTL_MS)) as u64;
         let prune = self
             .writes
             .fetch_add(1, Ordering::Relaxed)
@@ -1491,7 +1492,7 @@ impl Backend for Redis {
             // fred sends an integer as its decimal digits: Lua gets a string it hands to SET as is.
             args: [
                 Value::Bytes(envelope),
-                Value::Integer(ttl_ms.min(MAX_TTL_MS) as i64),
+                Value::Integer(ttl_ms as i64),
                 Value::Integer(flags),
             ],
         };

@@ -3,7 +3,7 @@
 # scripts/bench-compare runs its short version (one round, about a second per row, small fills) with the
 # floors reported but not enforced: CI machines are noisy, and the point here is that the command keeps
 # working. Correctness problems it finds (gRPC errors, misses, values dropped on insert) still fail it. Last,
-# scripts/ab-compare runs one short round, so that it keeps working too.
+# scripts/ab-compare runs one short round with each load generator, so that it keeps working too.
 #
 # Needs what bench-compare needs: redis-server, redis-cli, redis-benchmark (apt redis-server redis-tools) and
 # h2load (apt nghttp2-client). Takes about two minutes once the release build is cached.
@@ -16,7 +16,9 @@ cargo bench -p cache-server --bench codec --bench memory -- --test
 echo "==> check-bench: scripts/bench-compare --quick --no-floors"
 scripts/bench-compare --quick --no-floors
 
-# bench-compare has built the release binaries. One short round of the A/B tool, the build against itself.
+# bench-compare has built the release binaries. One short round of the A/B tool per load generator, the
+# build against itself.
 echo "==> check-bench: scripts/ab-compare, one short round (the release build against itself)"
 server="${CARGO_TARGET_DIR:-target}/release/cache-server"
 scripts/ab-compare --a "$server" --b "$server" --op set --rounds 1 --seconds 0.5
+scripts/ab-compare --a "$server" --b "$server" --mode memory --tool h2load --op set --rounds 1 --seconds 0.5

@@ -18,7 +18,7 @@ scripts/bench-compare --quick --no-floors
 
 # bench-compare has built the release binaries. One short round of the A/B tool per load generator, the
 # build against itself.
-echo "==> check-bench: scripts/ab-compare, one short round (the release build against itself)"
+echo "==> check-bench: scripts/ab-compare, one short round per load generator (the release build against itself)"
 server="${CARGO_TARGET_DIR:-target}/release/cache-server"
 scripts/ab-compare --a "$server" --b "$server" --op set --rounds 1 --seconds 0.5
 scripts/ab-compare --a "$server" --b "$server" --mode memory --tool h2load --op set --rounds 1 --seconds 0.5

@@ -6,12 +6,24 @@
 //! the per-command cost is paid once per batch, and Redis parses one command instead of many. An idle
 //! server sends each call at once, in a batch of one, so coalescing adds no wait where there is nothing to
 //! coalesce with. Calls in one batch are concurrent calls, so any order among them is a valid one.
+//!
+//! No task of its own (leader and followers): a call that finds a lane free sends its batch from its own
+//! task; a call that finds every lane busy queues. When a batch is answered, the lane passes to the first
+//! queued call, which sends everything queued behind it as the next batch. Each batch thus costs no
+//! task wake-up or spawn beyond its callers' own, where a batching task cost a wake-up of that task and a
+//! spawn per batch. A caller that goes away (a cancelled RPC) does not take its batch with it: a batch
+//! being sent finishes on a task of its own, and a queued call is still sent with the others.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
 
 use super::BackendError;
 
@@ -20,88 +32,234 @@ use super::BackendError;
 pub type RunBatch<T, R> =
     Arc<dyn Fn(Vec<T>, Instant) -> BoxFuture<'static, Result<Vec<R>, BackendError>> + Send + Sync>;
 
+/// What a queued call hears back.
+enum Signal<T, R> {
+    /// Its answer.
+    Done(Result<R, BackendError>),
+    /// A lane is its: send this batch, whose first member is the call itself.
+    Lead(Batch<T, R>),
+}
+
+type Reply<T, R> = oneshot::Sender<Signal<T, R>>;
+
+/// A call waiting in the queue.
 struct Job<T, R> {
     item: T,
     queued: Instant,
-    reply: oneshot::Sender<Result<R, BackendError>>,
+    reply: Reply<T, R>,
 }
 
-/// Hands calls to a task that sends them in batches.
+/// One call of a batch; `reply` is `None` for a call whose caller went away.
+struct Member<T, R> {
+    item: T,
+    reply: Option<Reply<T, R>>,
+}
+
+/// Calls sent together.
+struct Batch<T, R> {
+    oldest: Instant,
+    members: Vec<Member<T, R>>,
+}
+
+struct State<T, R> {
+    queue: VecDeque<Job<T, R>>,
+    /// Lanes with no batch out. Never above zero while calls are queued.
+    free_lanes: usize,
+}
+
+struct Shared<T, R> {
+    state: Mutex<State<T, R>>,
+    max_batch: usize,
+    run: RunBatch<T, R>,
+}
+
+/// Sends concurrent calls in batches, at most `max_in_flight` batches out at once.
 pub struct Coalescer<T, R> {
-    jobs: mpsc::UnboundedSender<Job<T, R>>,
+    shared: Arc<Shared<T, R>>,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Coalescer<T, R> {
-    /// Starts the batching task: at most `max_in_flight` batches out at once, each of at most `max_batch`
-    /// items. The task ends when the coalescer is dropped and the last batch has answered.
-    pub fn spawn(max_in_flight: usize, max_batch: usize, run: RunBatch<T, R>) -> Self {
-        let (jobs, mut queue) = mpsc::unbounded_channel::<Job<T, R>>();
-        let slots = Arc::new(Semaphore::new(max_in_flight.max(1)));
-        tokio::spawn(async move {
-            while let Some(first) = queue.recv().await {
-                // Waiting for a free slot is what lets calls pile up into the next batch.
-                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                    return;
-                };
-                let oldest = first.queued;
-                let mut batch = vec![first];
-                while batch.len() < max_batch {
-                    match queue.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
-                let (items, replies): (Vec<T>, Vec<_>) =
-                    batch.into_iter().map(|job| (job.item, job.reply)).unzip();
-                let sent = run(items, oldest);
-                tokio::spawn(async move {
-                    let outcome = sent.await;
-                    drop(slot);
-                    match outcome {
-                        Ok(outputs) if outputs.len() == replies.len() => {
-                            for (reply, output) in replies.into_iter().zip(outputs) {
-                                let _ = reply.send(Ok(output));
-                            }
-                        }
-                        Ok(outputs) => {
-                            let error = BackendError::Internal {
-                                tier: "redis",
-                                reason: format!(
-                                    "a batch of {} calls got {} answers",
-                                    replies.len(),
-                                    outputs.len()
-                                ),
-                            };
-                            for reply in replies {
-                                let _ = reply.send(Err(error.clone()));
-                            }
-                        }
-                        Err(error) => {
-                            for reply in replies {
-                                let _ = reply.send(Err(error.clone()));
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Self { jobs }
+    /// A coalescer with at most `max_in_flight` batches out at once, each of at most `max_batch` calls.
+    pub fn new(max_in_flight: usize, max_batch: usize, run: RunBatch<T, R>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    free_lanes: max_in_flight.max(1),
+                }),
+                max_batch: max_batch.max(1),
+                run,
+            }),
+        }
     }
 
-    /// Queues `item` and waits for its batch's answer.
+    /// Sends `item` with the calls it can share a batch with, and waits for its answer.
     pub async fn call(&self, item: T) -> Result<R, BackendError> {
+        let queued = Instant::now();
+        // Decided under the lock, waited for outside it.
+        let waiting = {
+            let mut state = self.shared.state.lock();
+            if state.free_lanes == 0 {
+                let (reply, answer) = oneshot::channel();
+                state.queue.push_back(Job {
+                    item,
+                    queued,
+                    reply,
+                });
+                Err(answer)
+            } else {
+                state.free_lanes -= 1;
+                Ok(item)
+            }
+        };
+        match waiting {
+            Ok(item) => {
+                let batch = Batch {
+                    oldest: queued,
+                    members: vec![Member { item, reply: None }],
+                };
+                self.lead(batch).await
+            }
+            Err(answer) => match answer.await {
+                Ok(Signal::Done(result)) => result,
+                Ok(Signal::Lead(batch)) => self.lead(batch).await,
+                Err(_) => Err(stopped()),
+            },
+        }
+    }
+
+    /// Sends `batch`, whose first member is the caller's own call, and answers that call.
+    async fn lead(&self, mut batch: Batch<T, R>) -> Result<R, BackendError> {
         let (reply, answer) = oneshot::channel();
-        let closed = || BackendError::Unavailable {
+        batch.members[0].reply = Some(reply);
+        Detach(Some(Box::pin(send(Arc::clone(&self.shared), batch)))).await;
+        match answer.await {
+            Ok(Signal::Done(result)) => result,
+            _ => Err(stopped()),
+        }
+    }
+}
+
+fn stopped() -> BackendError {
+    BackendError::Unavailable {
+        tier: "redis",
+        reason: "a batch stopped without an answer".into(),
+    }
+}
+
+/// Sends one batch, passes its lane on, and answers its calls.
+async fn send<T: Send + 'static, R: Send + 'static>(shared: Arc<Shared<T, R>>, batch: Batch<T, R>) {
+    let (items, replies): (Vec<T>, Vec<_>) = batch
+        .members
+        .into_iter()
+        .map(|member| (member.item, member.reply))
+        .unzip();
+    let lane = Lane(shared);
+    let outcome = (lane.0.run)(items, batch.oldest).await;
+    drop(lane);
+    let error = match outcome {
+        Ok(outputs) if outputs.len() == replies.len() => {
+            for (reply, output) in replies.into_iter().zip(outputs) {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Signal::Done(Ok(output)));
+                }
+            }
+            return;
+        }
+        Ok(outputs) => BackendError::Internal {
             tier: "redis",
-            reason: "the batching task has stopped".into(),
+            reason: format!(
+                "a batch of {} calls got {} answers",
+                replies.len(),
+                outputs.len()
+            ),
+        },
+        Err(error) => error,
+    };
+    for reply in replies.into_iter().flatten() {
+        let _ = reply.send(Signal::Done(Err(error.clone())));
+    }
+}
+
+/// A lane taken by a batch being sent: passed on when dropped, so that even a batch that panics frees it.
+struct Lane<T: Send + 'static, R: Send + 'static>(Arc<Shared<T, R>>);
+
+impl<T: Send + 'static, R: Send + 'static> Drop for Lane<T, R> {
+    fn drop(&mut self) {
+        pass_lane(&self.0);
+    }
+}
+
+/// Hands a lane whose batch was answered to the first queued call that is still waiting, with the calls
+/// queued behind it; frees the lane if nothing is queued. If every queued caller has gone away, their calls
+/// are sent from a task of their own.
+fn pass_lane<T: Send + 'static, R: Send + 'static>(shared: &Arc<Shared<T, R>>) {
+    let mut batch = {
+        let mut state = shared.state.lock();
+        if state.queue.is_empty() {
+            state.free_lanes += 1;
+            return;
+        }
+        let take = state.queue.len().min(shared.max_batch);
+        let mut jobs = state.queue.drain(..take);
+        let first = jobs.next().expect("the queue is not empty");
+        let mut members = Vec::with_capacity(take);
+        members.push(Member {
+            item: first.item,
+            reply: Some(first.reply),
+        });
+        members.extend(jobs.map(|job| Member {
+            item: job.item,
+            reply: Some(job.reply),
+        }));
+        Batch {
+            oldest: first.queued,
+            members,
+        }
+    };
+    for i in 0..batch.members.len() {
+        batch.members.swap(0, i);
+        let Some(reply) = batch.members[0].reply.take() else {
+            continue;
         };
-        let job = Job {
-            item,
-            queued: Instant::now(),
-            reply,
-        };
-        self.jobs.send(job).map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        match reply.send(Signal::Lead(batch)) {
+            Ok(()) => return,
+            // That caller went away: its call stays in the batch, unanswered.
+            Err(Signal::Lead(returned)) => batch = returned,
+            Err(Signal::Done(_)) => unreachable!("a lead sent comes back as a lead"),
+        }
+    }
+    spawn_detached(Box::pin(send(Arc::clone(shared), batch)));
+}
+
+/// Polls a batch's sending in place, and moves it to a task of its own if the caller goes away first: the
+/// lane and the other callers wait for it.
+struct Detach(Option<BoxFuture<'static, ()>>);
+
+impl Future for Detach {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(sending) = self.0.as_mut() {
+            ready!(sending.as_mut().poll(cx));
+            self.0 = None;
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        if let Some(sending) = self.0.take() {
+            spawn_detached(sending);
+        }
+    }
+}
+
+/// Runs `sending` on the current runtime; dropped if there is none (the process is shutting down).
+fn spawn_detached(sending: BoxFuture<'static, ()>) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        drop(runtime.spawn(sending));
     }
 }
 
@@ -122,7 +280,7 @@ mod tests {
                 Ok(items.into_iter().map(|i| i * 2).collect())
             })
         });
-        let coalescer = Arc::new(Coalescer::spawn(1, 64, run));
+        let coalescer = Arc::new(Coalescer::new(1, 64, run));
         let calls = (0..50u32).map(|i| {
             let coalescer = Arc::clone(&coalescer);
             tokio::spawn(async move { (i, coalescer.call(i).await) })
@@ -148,17 +306,54 @@ mod tests {
                 })
             })
         });
-        let coalescer = Coalescer::spawn(2, 8, run);
+        let coalescer = Coalescer::new(2, 8, run);
         let (a, b) = tokio::join!(coalescer.call(1), coalescer.call(2));
         assert!(matches!(a, Err(BackendError::Timeout { .. })));
         assert!(matches!(b, Err(BackendError::Timeout { .. })));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_goes_away_leaves_its_batch_and_lane_working() {
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&sent);
+        let run: RunBatch<u32, u32> = Arc::new(move |items: Vec<u32>, _| {
+            let counted = Arc::clone(&counted);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                counted.fetch_add(items.len(), Ordering::Relaxed);
+                Ok(items.into_iter().map(|i| i + 1).collect())
+            })
+        });
+        let coalescer = Arc::new(Coalescer::new(1, 8, run));
+        // The leader gives up while its batch is out; two calls queued behind it, one of which also gives up.
+        let leader = {
+            let coalescer = Arc::clone(&coalescer);
+            tokio::spawn(async move { coalescer.call(1).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let quitter = {
+            let coalescer = Arc::clone(&coalescer);
+            tokio::spawn(async move { coalescer.call(2).await })
+        };
+        let stayer = {
+            let coalescer = Arc::clone(&coalescer);
+            tokio::spawn(async move { coalescer.call(3).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        leader.abort();
+        quitter.abort();
+        assert_eq!(stayer.await.unwrap().unwrap(), 4);
+        // Every call was sent, the abandoned ones included, and the lane is free again.
+        assert_eq!(sent.load(Ordering::Relaxed), 3);
+        let again = tokio::time::timeout(Duration::from_secs(5), coalescer.call(9)).await;
+        assert_eq!(again.expect("the lane was freed").unwrap(), 10);
     }
 
     #[tokio::test]
     async fn a_batch_with_the_wrong_number_of_answers_is_an_error_not_a_mixup() {
         let run: RunBatch<u32, u32> =
             Arc::new(|_items: Vec<u32>, _| Box::pin(async { Ok(vec![7]) }));
-        let coalescer = Coalescer::spawn(1, 8, run);
+        let coalescer = Coalescer::new(1, 8, run);
         let (a, b) = tokio::join!(coalescer.call(1), coalescer.call(2));
         // Either both calls shared one batch (two items, one answer: both fail), or each went alone.
         match (a, b) {

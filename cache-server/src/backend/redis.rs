@@ -582,13 +582,13 @@ impl Redis {
         });
         let _ = redis
             .gets
-            .set(Coalescer::spawn(BATCHES_IN_FLIGHT, GET_BATCH, fetch));
+            .set(Coalescer::new(BATCHES_IN_FLIGHT, GET_BATCH, fetch));
         let store = batch_runner(&redis, |redis, writes, oldest| async move {
             redis.store(writes, oldest).await
         });
         let _ = redis
             .sets
-            .set(Coalescer::spawn(BATCHES_IN_FLIGHT, SET_BATCH, store));
+            .set(Coalescer::new(BATCHES_IN_FLIGHT, SET_BATCH, store));
         // A lost or re-established connection may mean a restarted Redis: stop reading from it until the
         // monitor has verified it (run id, replay). Events arrive before fred's reconnect delay elapses.
         for client in redis.pool.clients() {

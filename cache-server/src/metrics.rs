@@ -2,9 +2,8 @@
 //! their Prometheus text rendering. The Metrics RPC and the `/metrics` scrape read the same counters, so they
 //! always agree.
 
-use std::cell::Cell;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::backend::BackendStats;
@@ -62,15 +61,11 @@ pub const SIZE_BOUNDS_BYTES: [f64; 12] = [
     33554432.0, 67108864.0,
 ];
 
-/// Most buckets a histogram has: the longest bounds, plus `+Inf`.
-const MAX_BUCKETS: usize = LATENCY_BOUNDS_SECONDS.len() + 1;
-
-/// A fixed-bucket histogram of atomics (Prometheus semantics: cumulative on export). Its buckets are inline,
-/// so that a stripe's histograms sit in the stripe's own cache lines (see [`Metrics`]).
+/// A fixed-bucket histogram of atomics (Prometheus semantics: cumulative on export).
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [f64],
-    buckets: [AtomicU64; MAX_BUCKETS],
+    buckets: Vec<AtomicU64>,
     sum: AtomicU64,
     count: AtomicU64,
     /// Observations are stored as integers of `1 / scale` units (e.g. microseconds for seconds).
@@ -78,24 +73,15 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    /// A histogram over `bounds` (at most [`LATENCY_BOUNDS_SECONDS`]' length), storing sums in units of
-    /// `1 / scale`.
+    /// A histogram over `bounds`, storing sums in units of `1 / scale`.
     pub fn new(bounds: &'static [f64], scale: f64) -> Self {
-        assert!(
-            bounds.len() < MAX_BUCKETS,
-            "a histogram has at most {MAX_BUCKETS} buckets"
-        );
         Self {
             bounds,
-            buckets: Default::default(),
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
             count: AtomicU64::new(0),
             scale,
         }
-    }
-
-    fn buckets(&self) -> &[AtomicU64] {
-        &self.buckets[..=self.bounds.len()]
     }
 
     /// Records one observation (in the histogram's unit: seconds or bytes).
@@ -110,15 +96,6 @@ impl Histogram {
         self.count.fetch_add(1, Relaxed);
     }
 
-    /// Adds `other`'s observations (same bounds) to this one.
-    fn add(&self, other: &Histogram) {
-        for (mine, theirs) in self.buckets().iter().zip(other.buckets()) {
-            mine.fetch_add(theirs.load(Relaxed), Relaxed);
-        }
-        self.sum.fetch_add(other.sum.load(Relaxed), Relaxed);
-        self.count.fetch_add(other.count.load(Relaxed), Relaxed);
-    }
-
     /// Observations so far.
     pub fn count(&self) -> u64 {
         self.count.load(Relaxed)
@@ -131,7 +108,7 @@ impl Histogram {
 
     /// Estimates the `q` quantile (0..=1) by linear interpolation inside the bucket that holds it.
     pub fn quantile(&self, q: f64) -> f64 {
-        let counts: Vec<u64> = self.buckets().iter().map(|b| b.load(Relaxed)).collect();
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return 0.0;
@@ -151,7 +128,7 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
-        for (i, bucket) in self.buckets().iter().enumerate() {
+        for (i, bucket) in self.buckets.iter().enumerate() {
             cumulative += bucket.load(Relaxed);
             let le = self
                 .bounds
@@ -203,21 +180,6 @@ impl Default for TypeCounters {
     }
 }
 
-impl TypeCounters {
-    fn add(&self, other: &TypeCounters) {
-        for (mine, theirs) in [
-            (&self.hits, &other.hits),
-            (&self.misses, &other.misses),
-            (&self.sets, &other.sets),
-            (&self.invalidations, &other.invalidations),
-            (&self.bytes_set, &other.bytes_set),
-        ] {
-            mine.fetch_add(theirs.load(Relaxed), Relaxed);
-        }
-        self.value_size.add(&other.value_size);
-    }
-}
-
 /// Picks one counter of a type's counters.
 type CounterOf = fn(&TypeCounters) -> &AtomicU64;
 
@@ -242,18 +204,10 @@ impl Default for RpcCounters {
     }
 }
 
-impl RpcCounters {
-    fn add(&self, other: &RpcCounters) {
-        self.latency.add(&other.latency);
-        for (mine, theirs) in self.errors.iter().zip(&other.errors) {
-            mine.fetch_add(theirs.load(Relaxed), Relaxed);
-        }
-    }
-}
-
-/// Every counter of the service: one stripe of [`Metrics`], or the totals of all stripes.
-#[derive(Debug, Default)]
-pub struct Counters {
+/// All counters of the service.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
     /// Per-type counters, indexed by [`CacheType::index`].
     pub by_type: [TypeCounters; 5],
     /// Per-RPC counters, indexed like [`Rpc::ALL`].
@@ -268,7 +222,21 @@ pub struct Counters {
     pub invalidated: AtomicU64,
 }
 
-impl Counters {
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            by_type: Default::default(),
+            by_rpc: Default::default(),
+            logical_bytes: AtomicU64::new(0),
+            stored_bytes: AtomicU64::new(0),
+            corrupt: AtomicU64::new(0),
+            invalidated: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
     /// The counters of one type.
     pub fn of(&self, t: CacheType) -> &TypeCounters {
         &self.by_type[t.index()]
@@ -277,6 +245,34 @@ impl Counters {
     /// The counters of one RPC.
     pub fn rpc(&self, rpc: Rpc) -> &RpcCounters {
         &self.by_rpc[rpc as usize]
+    }
+
+    /// Records a Get outcome.
+    pub fn record_get(&self, t: CacheType, hit: bool) {
+        let c = self.of(t);
+        if hit { &c.hits } else { &c.misses }.fetch_add(1, Relaxed);
+    }
+
+    /// Records a stored value.
+    pub fn record_set(&self, t: CacheType, logical: u64, stored: u64) {
+        let c = self.of(t);
+        c.sets.fetch_add(1, Relaxed);
+        c.bytes_set.fetch_add(logical, Relaxed);
+        c.value_size.observe(logical as f64);
+        self.logical_bytes.fetch_add(logical, Relaxed);
+        self.stored_bytes.fetch_add(stored, Relaxed);
+    }
+
+    /// Records the handling time of an RPC.
+    pub fn record_latency(&self, rpc: Rpc, elapsed: Duration) {
+        self.rpc(rpc).latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records an error an RPC returned.
+    pub fn record_error(&self, rpc: Rpc, code: tonic::Code) {
+        if let Some(c) = self.rpc(rpc).errors.get(code as usize) {
+            c.fetch_add(1, Relaxed);
+        }
     }
 
     /// Errors returned by all RPCs with this code.
@@ -294,120 +290,6 @@ impl Counters {
         })
     }
 
-    fn add(&self, other: &Counters) {
-        for (mine, theirs) in self.by_type.iter().zip(&other.by_type) {
-            mine.add(theirs);
-        }
-        for (mine, theirs) in self.by_rpc.iter().zip(&other.by_rpc) {
-            mine.add(theirs);
-        }
-        for (mine, theirs) in [
-            (&self.logical_bytes, &other.logical_bytes),
-            (&self.stored_bytes, &other.stored_bytes),
-            (&self.corrupt, &other.corrupt),
-            (&self.invalidated, &other.invalidated),
-        ] {
-            mine.fetch_add(theirs.load(Relaxed), Relaxed);
-        }
-    }
-}
-
-/// One stripe's counters, alone in their cache lines (128 bytes: adjacent-line prefetch pairs lines).
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Stripe(Counters);
-
-/// The service's counters, striped by thread: each thread adds to its own stripe, so a call's ~10 counter
-/// updates never bounce a cache line between cores; readers (the Metrics RPC, a scrape) add the stripes up.
-#[derive(Debug)]
-pub struct Metrics {
-    started: Instant,
-    stripes: Box<[Stripe]>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        // Threads take stripes in the order they first record, so the runtime's workers (started together)
-        // get stripes of their own; twice the cores leaves room for the blocking pool and the like.
-        let cores = std::thread::available_parallelism().map_or(4, usize::from);
-        let stripes = (2 * cores).next_power_of_two().clamp(2, 64);
-        Self {
-            started: Instant::now(),
-            stripes: (0..stripes).map(|_| Stripe::default()).collect(),
-        }
-    }
-}
-
-impl Metrics {
-    /// The calling thread's stripe.
-    fn local(&self) -> &Counters {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-        }
-        let i = STRIPE.with(|stripe| {
-            if stripe.get() == usize::MAX {
-                stripe.set(NEXT.fetch_add(1, Relaxed));
-            }
-            stripe.get()
-        });
-        // The stripe count is a power of two.
-        &self.stripes[i & (self.stripes.len() - 1)].0
-    }
-
-    /// Every counter, added up across threads. Counters move while this reads them, each one only up.
-    pub fn totals(&self) -> Counters {
-        let totals = Counters::default();
-        for stripe in &self.stripes {
-            totals.add(&stripe.0);
-        }
-        totals
-    }
-
-    /// Records a Get outcome.
-    pub fn record_get(&self, t: CacheType, hit: bool) {
-        let c = self.local().of(t);
-        if hit { &c.hits } else { &c.misses }.fetch_add(1, Relaxed);
-    }
-
-    /// Records a stored value.
-    pub fn record_set(&self, t: CacheType, logical: u64, stored: u64) {
-        let local = self.local();
-        let c = local.of(t);
-        c.sets.fetch_add(1, Relaxed);
-        c.bytes_set.fetch_add(logical, Relaxed);
-        c.value_size.observe(logical as f64);
-        local.logical_bytes.fetch_add(logical, Relaxed);
-        local.stored_bytes.fetch_add(stored, Relaxed);
-    }
-
-    /// Records a stored value that failed to decode.
-    pub fn record_corrupt(&self) {
-        self.local().corrupt.fetch_add(1, Relaxed);
-    }
-
-    /// Records the entries one Invalidate removed, `of(t)` of each type.
-    pub fn record_invalidated(&self, of: impl Fn(CacheType) -> u64) {
-        let local = self.local();
-        for t in CacheType::ALL {
-            let removed = of(t);
-            local.of(t).invalidations.fetch_add(removed, Relaxed);
-            local.invalidated.fetch_add(removed, Relaxed);
-        }
-    }
-
-    /// Records the handling time of an RPC.
-    pub fn record_latency(&self, rpc: Rpc, elapsed: Duration) {
-        self.local().rpc(rpc).latency.observe(elapsed.as_secs_f64());
-    }
-
-    /// Records an error an RPC returned.
-    pub fn record_error(&self, rpc: Rpc, code: tonic::Code) {
-        if let Some(c) = self.local().rpc(rpc).errors.get(code as usize) {
-            c.fetch_add(1, Relaxed);
-        }
-    }
-
     /// Time since the service started.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
@@ -416,7 +298,6 @@ impl Metrics {
     /// Renders every metric in the Prometheus text format (version 0.0.4). Labels have bounded values only:
     /// rpc, code, type and tier names, never a key, user or project.
     pub fn render_prometheus(&self, mode: &str, stats: &BackendStats) -> String {
-        let totals = self.totals();
         let mut out = String::with_capacity(16 << 10);
         let family = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -443,7 +324,7 @@ impl Metrics {
             "Server-side handling time of each RPC.",
         );
         for rpc in Rpc::ALL {
-            totals.rpc(rpc).latency.render(
+            self.rpc(rpc).latency.render(
                 &mut out,
                 "cache_request_duration_seconds",
                 &format!("rpc=\"{}\"", rpc.name()),
@@ -456,7 +337,7 @@ impl Metrics {
             "Errors returned to callers, by RPC and gRPC code.",
         );
         for rpc in Rpc::ALL {
-            for (code, n) in totals.rpc(rpc).errors.iter().enumerate() {
+            for (code, n) in self.rpc(rpc).errors.iter().enumerate() {
                 let n = n.load(Relaxed);
                 if n > 0 {
                     let code = crate::service::code_name(tonic::Code::from_i32(code as i32));
@@ -498,7 +379,7 @@ impl Metrics {
                     out,
                     "{name}{{type=\"{}\"}} {}",
                     t.label(),
-                    counter(totals.of(t)).load(Relaxed)
+                    counter(self.of(t)).load(Relaxed)
                 );
             }
         }
@@ -509,14 +390,14 @@ impl Metrics {
             "Logical sizes of the values stored.",
         );
         for t in CacheType::ALL {
-            totals.of(t).value_size.render(
+            self.of(t).value_size.render(
                 &mut out,
                 "cache_value_size_bytes",
                 &format!("type=\"{}\"", t.label()),
             );
         }
-        let logical = totals.logical_bytes.load(Relaxed);
-        let stored = totals.stored_bytes.load(Relaxed);
+        let logical = self.logical_bytes.load(Relaxed);
+        let stored = self.stored_bytes.load(Relaxed);
         let scalars: [(&str, &str, &str, f64); 17] = [
             (
                 "cache_logical_bytes_total",
@@ -540,13 +421,13 @@ impl Metrics {
                 "cache_corrupt_entries_total",
                 "counter",
                 "Stored values that failed to decode (served as misses).",
-                totals.corrupt.load(Relaxed) as f64,
+                self.corrupt.load(Relaxed) as f64,
             ),
             (
                 "cache_invalidated_entries_total",
                 "counter",
                 "Entries removed by Invalidate, all targets.",
-                totals.invalidated.load(Relaxed) as f64,
+                self.invalidated.load(Relaxed) as f64,
             ),
             (
                 "cache_memory_entries",

@@ -256,7 +256,7 @@ impl Inner {
         let envelope = match decoded {
             Ok(e) => e,
             Err(err) => {
-                self.metrics.record_corrupt();
+                self.metrics.corrupt.fetch_add(1, Relaxed);
                 self.metrics.record_get(cache_type, false);
                 tracing::warn!(error = %err, cache_type = cache_type.label(), "stored value failed to decode; served as a miss");
                 return Ok(pb::GetResponse::default());
@@ -272,7 +272,7 @@ impl Inner {
             match self.decompress(&envelope).await {
                 Ok(v) => v,
                 Err(err) => {
-                    self.metrics.record_corrupt();
+                    self.metrics.corrupt.fetch_add(1, Relaxed);
                     self.metrics.record_get(cache_type, false);
                     tracing::warn!(error = %err, cache_type = cache_type.label(), "stored value failed to decompress; served as a miss");
                     return Ok(pb::GetResponse::default());
@@ -333,7 +333,13 @@ impl Inner {
             crate::telemetry::traced("backend.invalidate", self.backend.invalidate(&target))
                 .await?;
         let removed = removed_by_type.total();
-        self.metrics.record_invalidated(|t| removed_by_type.of(t));
+        self.metrics.invalidated.fetch_add(removed, Relaxed);
+        for t in crate::keys::CacheType::ALL {
+            self.metrics
+                .of(t)
+                .invalidations
+                .fetch_add(removed_by_type.of(t), Relaxed);
+        }
         tracing::info!(target = target_label(&target), removed, "invalidated");
         Ok(removed)
     }
@@ -397,7 +403,7 @@ impl Inner {
     }
 
     fn metrics_response(&self) -> pb::MetricsResponse {
-        let m = self.metrics.totals();
+        let m = &self.metrics;
         let stats = self.backend.stats();
         let (hits, misses) = m.hits_misses();
         let (get, set) = (&m.rpc(Rpc::Get).latency, &m.rpc(Rpc::Set).latency);
@@ -483,7 +489,7 @@ impl Inner {
                 memory_cache_capacity: stats.memory_capacity,
             }),
             mode: self.config.backend.as_str().to_owned(),
-            uptime_seconds: self.metrics.uptime().as_secs(),
+            uptime_seconds: m.uptime().as_secs(),
             by_type,
             corrupt_entries: m.corrupt.load(Relaxed),
             fallback_active: stats.fallback_active,

@@ -56,14 +56,19 @@ const SCAN_COUNT: u32 = 1000;
 /// One Set in this many also prunes its indexes' expired members: a busy index (a type, a user) is pruned
 /// many times per TTL, an idle one expires as a whole.
 pub const PRUNE_EVERY: u64 = 16;
-/// Batches of Gets, and of Sets, out to Redis at once (see [`super::batch`]): one being answered while the
-/// next fills (double buffering). More lanes make smaller batches, and a batch's fixed cost (a fred command,
-/// a script call, a Redis read) is most of a small call's cost: h2load and loadgen, 50 x 1 Sets of 1 KiB, 2
-/// lanes against 4 (the pool size before): +4-5 % throughput, Redis CPU per Set 9.3 -> 8.3 us (one key) and
-/// 15 -> 13.7 us (1000 keys). One lane did no better with one key and ~4 % better with 1000 keys, but would
-/// hold every batch behind a slow one. A lane is not a connection: batches are pipelined on the pool like
+/// Batches of Gets out to Redis at once (see [`super::batch`]): one being answered while the next fills
+/// (double buffering). More lanes make smaller batches, and a batch's fixed cost (a fred command, a Redis
+/// read) is most of a small call's cost. A lane is not a connection: batches are pipelined on the pool like
 /// any command.
-const BATCHES_IN_FLIGHT: usize = 2;
+const GET_BATCHES_IN_FLIGHT: usize = 2;
+/// Batches of Sets out to Redis at once. One: Redis runs scripts one at a time anyway, so a second batch
+/// out only waits there, while the Sets that would have filled it join a larger next batch, and a Set's
+/// script cost per call falls with the batch's size. Measured with `scripts/ab-compare --op set` (loadgen,
+/// 50 x 1 Sets of 1 KiB on 1000 keys, fred's passthrough in the same rounds, 8 rounds): one lane against
+/// two, 1.027x the calls/s (rounds 0.98..1.10), Redis CPU per Set 12.2 -> 11.3 us, server 36.7 -> 35.0 us.
+/// (Before, with a batching task: two lanes against four, +4-5 %; one against two, ~4 % better with 1000
+/// keys and no better with one key.)
+const SET_BATCHES_IN_FLIGHT: usize = 1;
 /// Most Gets sent to Redis as one `MGET` (see [`super::batch`]).
 const GET_BATCH: usize = 64;
 /// Most Sets sent to Redis as one script call.
@@ -582,13 +587,13 @@ impl Redis {
         });
         let _ = redis
             .gets
-            .set(Coalescer::new(BATCHES_IN_FLIGHT, GET_BATCH, fetch));
+            .set(Coalescer::new(GET_BATCHES_IN_FLIGHT, GET_BATCH, fetch));
         let store = batch_runner(&redis, |redis, writes, oldest| async move {
             redis.store(writes, oldest).await
         });
         let _ = redis
             .sets
-            .set(Coalescer::new(BATCHES_IN_FLIGHT, SET_BATCH, store));
+            .set(Coalescer::new(SET_BATCHES_IN_FLIGHT, SET_BATCH, store));
         // A lost or re-established connection may mean a restarted Redis: stop reading from it until the
         // monitor has verified it (run id, replay). Events arrive before fred's reconnect delay elapses.
         for client in redis.pool.clients() {

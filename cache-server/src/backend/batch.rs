@@ -201,21 +201,17 @@ fn pass_lane<T: Send + 'static, R: Send + 'static>(shared: &Arc<Shared<T, R>>) {
             return;
         }
         let take = state.queue.len().min(shared.max_batch);
-        let mut jobs = state.queue.drain(..take);
-        let first = jobs.next().expect("the queue is not empty");
-        let mut members = Vec::with_capacity(take);
-        members.push(Member {
-            item: first.item,
-            reply: Some(first.reply),
-        });
-        members.extend(jobs.map(|job| Member {
-            item: job.item,
-            reply: Some(job.reply),
-        }));
-        Batch {
-            oldest: first.queued,
-            members,
-        }
+        // The queue is in arrival order: its first call is the batch's oldest.
+        let oldest = state.queue[0].queued;
+        let members = state
+            .queue
+            .drain(..take)
+            .map(|job| Member {
+                item: job.item,
+                reply: Some(job.reply),
+            })
+            .collect();
+        Batch { oldest, members }
     };
     for i in 0..batch.members.len() {
         batch.members.swap(0, i);

@@ -6,7 +6,8 @@
 # scripts/ab-compare runs one short round with each load generator, so that it keeps working too.
 #
 # Needs what bench-compare needs: redis-server, redis-cli, redis-benchmark (apt redis-server redis-tools) and
-# h2load (apt nghttp2-client). Takes about two minutes once the release build is cached.
+# h2load (apt nghttp2-client), and valgrind for scripts/redis-set-cost. Takes about two minutes once the release
+# build is cached.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,3 +23,7 @@ echo "==> check-bench: scripts/ab-compare, one short round per load generator (t
 server="${CARGO_TARGET_DIR:-target}/release/cache-server"
 scripts/ab-compare --a "$server" --b "$server" --op set --rounds 1 --seconds 0.5
 scripts/ab-compare --a "$server" --b "$server" --mode memory --tool h2load --op set --rounds 1 --seconds 0.5
+
+# The Redis-side counter of the Set script: one small round, so that it keeps working (valgrind: apt valgrind).
+echo "==> check-bench: scripts/redis-set-cost, one small round"
+scripts/redis-set-cost --rounds 1 --sets 240

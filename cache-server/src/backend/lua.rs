@@ -54,6 +54,11 @@ impl Lua {
         }
     }
 
+    /// The script's SHA-1, as `EVALSHA` names it.
+    pub fn sha1(&self) -> &str {
+        self.script.sha1()
+    }
+
     fn command<K: Into<Value>>(&self, (keys, args): (Vec<K>, Vec<Value>)) -> Vec<Value> {
         let mut command = Vec::with_capacity(2 + keys.len() + args.len());
         command.push(Value::String(self.script.sha1().clone()));

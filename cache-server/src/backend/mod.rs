@@ -10,6 +10,7 @@ mod batch;
 mod lua;
 mod memory;
 mod redis;
+mod setconn;
 mod tiered;
 
 pub use memory::{Memory, MemoryOptions};

@@ -15,6 +15,9 @@
 //!   selector or `all` costs what it removes, whatever else lives in Redis.
 //! - `<base>~:runid`: the Redis `run_id` whose data this service has verified (restart detection).
 //!
+//! Batches of Sets go, over plain TCP, as one transaction on a connection of their own
+//! ([`super::setconn`]); everything else goes through fred's pool.
+//!
 //! # Failure handling
 //! fred is configured to fail fast (see `CRATES.md` §2.5): commands carry the command budget, reconnection
 //! runs forever with capped exponential backoff, and the pool connects in the background so the server starts
@@ -42,6 +45,7 @@ use tokio::sync::{Mutex as AsyncMutex, Notify};
 use super::access::{AccessCounts, FLUSH_BATCH, FLUSH_INTERVAL};
 use super::batch::{Coalescer, RunBatch};
 use super::lua::Lua;
+use super::setconn::{self, Commands, ConnError, Reply, SetConnection};
 use super::{Backend, BackendError, BackendStats, Hit, Removed, Stored, Target, TierKind, now_ms};
 use crate::config::RedisConfig;
 use crate::keys::{CacheType, Key, KeyTags, Keyspace, Selector, glob_match};
@@ -68,6 +72,7 @@ const GET_BATCHES_IN_FLIGHT: usize = 2;
 /// two, 1.027x the calls/s (rounds 0.98..1.10), Redis CPU per Set 12.2 -> 11.3 us, server 36.7 -> 35.0 us.
 /// (Before, with a batching task: two lanes against four, +4-5 %; one against two, ~4 % better with 1000
 /// keys and no better with one key.)
+/// The Set connection ([`super::setconn`]) carries one batch at a time as well.
 const SET_BATCHES_IN_FLIGHT: usize = 1;
 /// Most Gets sent to Redis as one `MGET` (see [`super::batch`]).
 const GET_BATCH: usize = 64;
@@ -133,7 +138,63 @@ score = string.format('%d', math.ceil((now + ttl) / g) * g)
     };
 }
 
-// A batch of Sets. Per Set, in order: KEYS = its entry, its read counter, its indexes; ARGV = the envelope,
+/// Lua recording a stored Set's read counter (`KEYS[k + 1]`) for the batch's UNLINK, and looking up the
+/// index score of its TTL string `ttl_s`; [`lua_index_score`] computes a new one, then [`lua_join_members`].
+macro_rules! lua_join_counter {
+    () => {
+        r"counters[#counters + 1] = KEYS[k + 1]
+local s = scores[ttl_s]
+if not s then
+local ttl, score = tonumber(ttl_s)
+"
+    };
+}
+
+/// Lua adding a stored Set's `entry` to each of its `nindexes` indexes (`KEYS[k + 2]`...) in the batch's
+/// table, keeping each index's longest TTL and whether to prune it.
+macro_rules! lua_join_members {
+    () => {
+        r"s = {ttl, score}
+scores[ttl_s] = s
+end
+local ttl, score = s[1], s[2]
+for j = k + 2, k + 1 + nindexes do
+  local index = KEYS[j]
+  local z = indexes[index]
+  if not z then
+    z = {ttl, prune}
+    indexes[index] = z
+    order[#order + 1] = index
+  else
+    if ttl > z[1] then z[1] = ttl end
+    if prune then z[2] = true end
+  end
+  z[#z + 1] = score
+  z[#z + 1] = entry
+end
+"
+    };
+}
+
+/// Lua writing a batch's bookkeeping: one UNLINK of the read counters, and per distinct index one ZADD of
+/// its members, the pruning of expired members when asked, and a TTL past its longest member.
+macro_rules! lua_write_indexes {
+    () => {
+        r"if #counters > 0 then redis.call('UNLINK', unpack(counters)) end
+for _, index in ipairs(order) do
+  local z = indexes[index]
+  redis.call('ZADD', index, unpack(z, 3))
+  if z[2] then redis.call('ZREMRANGEBYSCORE', index, '-inf', string.format('%d', now)) end
+  if redis.call('PTTL', index) < z[1] then
+    redis.call('PEXPIRE', index, string.format('%d', z[1] + math.floor(z[1] / 4) + 1000))
+  end
+end
+"
+    };
+}
+
+// A batch of Sets that holds an only-if-absent Set, or any batch over TLS (the others go as a transaction
+// on the Set connection: see [`Redis::store_transaction`]). Per Set, in order: KEYS = its entry, its read counter, its indexes; ARGV = the envelope,
 // the TTL in ms and one number packing the rest, (index count * 2 + only-if-absent) * 2 + prune the indexes'
 // expired members (see [`set_flags`]). Answers per Set 1 (stored), 0 (only-if-absent and a live entry) or the
 // error the SET met (OOM, say), so one refused Set does not fail the others. The SETs run first; then the
@@ -190,44 +251,17 @@ if type(ok) == 'table' and ok.err then
 elseif not ok then
   answers[i + 1] = 0
 else
-  counters[#counters + 1] = KEYS[k + 1]
-  local s = scores[ttl_s]
-  if not s then
-    local ttl, score = tonumber(ttl_s)
 ",
+    lua_join_counter!(),
     lua_index_score!(),
-    r"    s = {ttl, score}
-    scores[ttl_s] = s
-  end
-  local ttl, score = s[1], s[2]
-  for j = k + 2, k + 1 + nindexes do
-    local index = KEYS[j]
-    local z = indexes[index]
-    if not z then
-      z = {ttl, prune}
-      indexes[index] = z
-      order[#order + 1] = index
-    else
-      if ttl > z[1] then z[1] = ttl end
-      if prune then z[2] = true end
-    end
-    z[#z + 1] = score
-    z[#z + 1] = entry
-  end
-  answers[i + 1] = 1
+    lua_join_members!(),
+    r"  answers[i + 1] = 1
 end
 k = k + 2 + nindexes
 end
-if #counters > 0 then redis.call('UNLINK', unpack(counters)) end
-for _, index in ipairs(order) do
-  local z = indexes[index]
-  redis.call('ZADD', index, unpack(z, 3))
-  if z[2] then redis.call('ZREMRANGEBYSCORE', index, '-inf', string.format('%d', now)) end
-  if redis.call('PTTL', index) < z[1] then
-    redis.call('PEXPIRE', index, string.format('%d', z[1] + math.floor(z[1] / 4) + 1000))
-  end
-end
-return answers
+",
+    lua_write_indexes!(),
+    r"return answers
 "
 );
 
@@ -254,6 +288,41 @@ for j = 3, #KEYS do
   end
 end
 return 1
+"
+);
+
+// A batch of Sets whose values the `MSET` before it in the same MULTI/EXEC wrote (see
+// [`Redis::store_transaction`]): KEYS = per Set its entry, its read counter, its indexes; ARGV = per Set its
+// TTL in ms and its flags (see [`set_flags`]; never only-if-absent). The same bookkeeping as [`SET_LUA`]
+// without the values: each entry gets its TTL (PEXPIRE first: a write Redis never refuses for memory, so the
+// ZADDs after it are never refused either), the read counters go in one UNLINK and the index members in one
+// ZADD per distinct index.
+const SET_KEYS_LUA: &str = concat!(
+    lua_now!(),
+    r"local counters, order, indexes, scores, flags = {}, {}, {}, {}, {}
+local k = 1
+for i = 1, #ARGV, 2 do
+local ttl_s, c_s = ARGV[i], ARGV[i + 1]
+local f = flags[c_s]
+if not f then
+local c = tonumber(c_s)
+",
+    lua_unpack_set_flags!(),
+    r"f = {prune, nindexes}
+flags[c_s] = f
+end
+local prune, nindexes = f[1], f[2]
+local entry = KEYS[k]
+redis.call('PEXPIRE', entry, ttl_s)
+",
+    lua_join_counter!(),
+    lua_index_score!(),
+    lua_join_members!(),
+    r"k = k + 2 + nindexes
+end
+",
+    lua_write_indexes!(),
+    r"return 1
 "
 );
 
@@ -384,6 +453,10 @@ pub struct Redis {
     budget: Duration,
     flush_script: Lua,
     set_script: Lua,
+    /// [`SET_KEYS_LUA`] through fred: runs the bookkeeping again when a transaction's copy did not run.
+    set_keys_script: Lua,
+    /// Batches of Sets as one transaction in one write (see [`super::setconn`]); `None` with TLS.
+    set_conn: Option<SetConnection>,
     drain_script: Lua,
     delete_script: Lua,
     up: AtomicBool,
@@ -416,6 +489,22 @@ pub struct Redis {
 struct Write {
     keys: Vec<Value>,
     args: [Value; 3],
+}
+
+impl Write {
+    /// Whether the Set stores only if the entry is absent (see [`set_flags`]).
+    fn only_if_absent(&self) -> bool {
+        matches!(self.args[2], Value::Integer(flags) if flags & 2 != 0)
+    }
+}
+
+/// The bytes of a key or argument as the Set paths build them (strings and bytes).
+fn bytes_of(value: &Value) -> &[u8] {
+    match value {
+        Value::Bytes(b) => b,
+        Value::String(s) => s.as_bytes(),
+        _ => b"",
+    }
 }
 
 /// Longest TTL sent to Redis, in ms (~4,400 years): Lua's doubles add it to Redis' clock exactly.
@@ -535,6 +624,18 @@ impl Redis {
     /// Fails only on invalid settings (URL, TLS files), never because Redis is unreachable.
     pub fn connect(config: &RedisConfig, keyspace: Keyspace) -> Result<Arc<Self>, BackendError> {
         let fred_config = fred_config(config)?;
+        let set_conn = match &fred_config.server {
+            ServerConfig::Centralized { server } if fred_config.tls.is_none() => {
+                Some(SetConnection::new(setconn::Target {
+                    addr: format!("{}:{}", server.host, server.port),
+                    username: fred_config.username.clone(),
+                    password: fred_config.password.clone(),
+                    database: fred_config.database,
+                    script: SET_KEYS_LUA,
+                }))
+            }
+            _ => None,
+        };
         let budget = config.command_timeout;
         let connection = ConnectionConfig {
             connection_timeout: config.connect_timeout,
@@ -573,6 +674,8 @@ impl Redis {
             budget,
             flush_script: Lua::new(FLUSH_LUA),
             set_script: Lua::new(SET_LUA),
+            set_keys_script: Lua::new(SET_KEYS_LUA),
+            set_conn,
             drain_script: Lua::new(format!("{COUNT_LUA}{DRAIN_LUA}")),
             delete_script: Lua::new(format!("{COUNT_LUA}{DELETE_LUA}")),
             up: AtomicBool::new(false),
@@ -652,6 +755,21 @@ impl Redis {
 
     /// Like [`Redis::remember_uncertain`] for a write that timed out: it may land late, so recovery waits a
     /// moment before deleting it.
+    /// Storage keys whose write may have landed half done: removed once Redis is verified (now, if it is
+    /// up).
+    async fn remember_uncertain_keys(&self, keys: Vec<Arc<str>>) {
+        let names: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        self.remember_or_apply(
+            |p| {
+                for key in &keys {
+                    p.add_key(key.clone());
+                }
+            },
+            || Box::pin(self.delete_keys(names.clone(), "")),
+        )
+        .await;
+    }
+
     async fn remember_late_write(&self, key: &Key) {
         let target = Target::Key(key.clone());
         self.remember_or_apply(
@@ -950,6 +1068,11 @@ impl Redis {
             timeout: Some(self.budget_left(oldest)?),
             ..Options::default()
         };
+        if let Some(conn) = &self.set_conn
+            && writes.iter().all(|w| !w.only_if_absent())
+        {
+            return Box::pin(self.store_transaction(conn, writes, oldest)).await;
+        }
         let argv = || {
             let mut keys = Vec::with_capacity(writes.len() * 6);
             let mut args = Vec::with_capacity(writes.len() * 3);
@@ -987,6 +1110,119 @@ impl Redis {
                 )))),
             })
             .collect())
+    }
+
+    /// One batch of Sets, none of them only-if-absent, as one transaction on the Set connection:
+    /// `MULTI`, one `MSET` of the values, [`SET_KEYS_LUA`] by `EVALSHA`, `EXEC`, in one write. The values
+    /// never become Lua strings (see [`super::setconn`]). Atomic like the batch script: a concurrent
+    /// invalidation never finds an entry outside its indexes.
+    async fn store_transaction(
+        &self,
+        conn: &SetConnection,
+        writes: Vec<Write>,
+        oldest: Instant,
+    ) -> Result<Vec<Written>, BackendError> {
+        let budget = self.budget_left(oldest)?;
+        let n = writes.len();
+        let nkeys: usize = writes.iter().map(|w| w.keys.len()).sum();
+        let values: usize = writes.iter().map(|w| bytes_of(&w.args[0]).len()).sum();
+        let mut commands = Commands::with_capacity(values + nkeys * 64 + n * 32 + 128);
+        commands.command(1).arg(b"MULTI");
+        commands.command(1 + 2 * n).arg(b"MSET");
+        for w in &writes {
+            commands.arg(bytes_of(&w.keys[0])).arg(bytes_of(&w.args[0]));
+        }
+        commands
+            .command(3 + nkeys + 2 * n)
+            .arg(b"EVALSHA")
+            .arg(self.set_keys_script.sha1().as_bytes())
+            .int(nkeys as i64);
+        for w in &writes {
+            for key in &w.keys {
+                commands.arg(bytes_of(key));
+            }
+        }
+        for w in &writes {
+            for arg in &w.args[1..] {
+                match arg {
+                    Value::Integer(i) => commands.int(*i),
+                    other => commands.arg(bytes_of(other)),
+                };
+            }
+        }
+        commands.command(1).arg(b"EXEC");
+        let replies = match tokio::time::timeout(budget, conn.send(&commands)).await {
+            Ok(Ok(replies)) => replies,
+            Ok(Err(e)) => {
+                let kind = match e {
+                    ConnError::Handshake(_) => ErrorKind::Auth,
+                    ConnError::Io(_) | ConnError::Protocol(_) => ErrorKind::IO,
+                };
+                let e = self.classify(&Error::new(kind, e.to_string()));
+                return self.note_outcome(Err(e));
+            }
+            Err(_) => {
+                return self.note_outcome(Err(BackendError::Timeout {
+                    tier: TIER,
+                    budget: self.budget,
+                }));
+            }
+        };
+        let all = |outcome: Written| Ok((0..n).map(|_| outcome.clone()).collect());
+        // MULTI, MSET and EVALSHA answer OK / QUEUED, or a refusal (out of memory, an ACL): then EXEC ran
+        // nothing, and the refusal is every Set's answer.
+        if let Some(Reply::Error(refused)) = replies
+            .iter()
+            .take(3)
+            .find(|r| matches!(r, Reply::Error(_)))
+        {
+            let e = self.classify(&Error::new(ErrorKind::Unknown, refused.clone()));
+            return all(self.note_outcome(Err(e)));
+        }
+        match replies.get(3) {
+            Some(Reply::Array(Some(results))) => {
+                if matches!(results.get(1), Some(Reply::Integer(1))) {
+                    return all(Ok(true));
+                }
+            }
+            Some(Reply::Error(e)) if e.starts_with("EXECABORT") => {
+                let e = self.classify(&Error::new(ErrorKind::Unknown, e.clone()));
+                return all(self.note_outcome(Err(e)));
+            }
+            _ => {}
+        }
+        // The MSET ran and the bookkeeping did not (the script cache was flushed, say): the entries have no
+        // TTL and are in no index. Run it again through fred, which loads the script if Redis lacks it.
+        let keys_and_args = || {
+            let mut keys = Vec::with_capacity(nkeys);
+            let mut args = Vec::with_capacity(2 * n);
+            for w in &writes {
+                keys.extend(w.keys.iter().cloned());
+                args.extend(w.args[1..].iter().cloned());
+            }
+            (keys, args)
+        };
+        let options = Options {
+            timeout: Some(self.budget_left(oldest).unwrap_or(self.budget)),
+            ..Options::default()
+        };
+        let fut = Box::pin(self.set_keys_script.run::<Value, _, _>(
+            self.pool.next(),
+            options,
+            keys_and_args,
+        ));
+        match self.call_bounded(fut).await {
+            Ok(_) => all(Ok(true)),
+            Err(e) => {
+                // Entries that may live forever and outside their indexes: remove them once Redis is verified.
+                let entries = writes
+                    .iter()
+                    .filter_map(|w| w.keys[0].as_str().map(|k| Arc::<str>::from(k.as_ref())))
+                    .collect();
+                self.remember_uncertain_keys(entries).await;
+                all(Err(e))
+            }
+        }
     }
 
     /// One large Set (see [`SET_BATCH_MAX_VALUE`]): `MULTI`, a plain `SET`, the keys-only

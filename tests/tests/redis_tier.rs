@@ -602,6 +602,46 @@ async fn entries_their_id_names_skip_the_id_index_and_are_still_invalidated_by_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_connection_that_redis_closed_is_replaced_without_failing_a_set() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(redis_config(BackendMode::Redis, redis.settings())).await;
+    let mut client = server.client().await;
+    let first = key(pb::CacheType::Metadata, "before-kill");
+    assert!(
+        client
+            .set(set_req(first, &b"v"[..]))
+            .await
+            .unwrap()
+            .into_inner()
+            .stored
+    );
+    // The Set batches' own connection is the client whose last command was EXEC. Redis closes it (as a
+    // restart or its idle `timeout` would); fred's pool is left alone, so the tier stays up.
+    let clients = redis.cli(["CLIENT", "LIST"]);
+    let id = clients
+        .lines()
+        .find(|l| l.contains(" cmd=exec "))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .unwrap_or_else(|| panic!("no client ran EXEC:\n{clients}"))
+        .to_owned();
+    assert_eq!(redis.cli(["CLIENT", "KILL", "ID", &id]), "1");
+    for i in 0..3 {
+        let k = key(pb::CacheType::Metadata, &format!("after-kill-{i}"));
+        let stored = client
+            .set(set_req(k, &b"w"[..]))
+            .await
+            .expect("a Set whose connection Redis had closed goes on a fresh one")
+            .into_inner()
+            .stored;
+        assert!(stored);
+        let entry = format!("cache:default:metadata:after-kill-{i}");
+        let pttl: i64 = redis.cli(["PTTL", &entry]).parse().unwrap();
+        assert!(pttl > 0, "{entry}: pttl {pttl}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_flushed_from_redis_are_loaded_again() {
     let redis = RedisServer::start().await;
     let server = TestServer::start(redis_config(BackendMode::Redis, redis.settings())).await;
@@ -618,6 +658,15 @@ async fn scripts_flushed_from_redis_are_loaded_again() {
         for set in futures::future::join_all(sets).await {
             let stored = set.unwrap().expect("Set after SCRIPT FLUSH");
             assert!(stored.into_inner().stored);
+        }
+    }
+    // Those Sets went as transactions whose script Redis no longer had: their MSET ran, and the
+    // bookkeeping ran again through fred, so every entry has its TTL (and, below, its index membership).
+    for round in 0..2 {
+        for i in 0..40 {
+            let entry = format!("cache:default:metadata:flushed-{round}-{i}");
+            let pttl: i64 = redis.cli(["PTTL", &entry]).parse().unwrap();
+            assert!(pttl > 0, "{entry} has no TTL: {pttl}");
         }
     }
     let mut client = client;

@@ -1154,8 +1154,10 @@ impl Redis {
         let replies = match tokio::time::timeout(budget, conn.send(&commands)).await {
             Ok(Ok(replies)) => replies,
             Ok(Err(e)) => {
+                // A refused handshake is Redis' own error reply (WRONGPASS: an outage, as for fred's pool;
+                // NOPERM: a misconfigured ACL); the rest is the connection.
                 let kind = match e {
-                    ConnError::Handshake(_) => ErrorKind::Auth,
+                    ConnError::Handshake(_) => ErrorKind::Unknown,
                     ConnError::Io(_) | ConnError::Protocol(_) => ErrorKind::IO,
                 };
                 let e = self.classify(&Error::new(kind, e.to_string()));

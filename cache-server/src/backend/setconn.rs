@@ -37,24 +37,17 @@ pub enum Reply {
 }
 
 /// A failure of the connection itself (not an error reply).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConnError {
     /// Connecting, writing or reading failed, or Redis closed the connection.
+    #[error("set connection: {0}")]
     Io(std::io::Error),
     /// Redis answered something that is not RESP2.
+    #[error("set connection: protocol error: {0}")]
     Protocol(String),
     /// The handshake was refused (`AUTH`, `SELECT`, `SCRIPT LOAD`): Redis' error line.
+    #[error("{0}")]
     Handshake(String),
-}
-
-impl fmt::Display for ConnError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io(e) => write!(f, "set connection: {e}"),
-            Self::Protocol(what) => write!(f, "set connection: protocol error: {what}"),
-            Self::Handshake(reply) => f.write_str(reply),
-        }
-    }
 }
 
 /// Commands encoded as RESP2 arrays of bulk strings, back to back in one buffer.

@@ -753,8 +753,6 @@ impl Redis {
             .await;
     }
 
-    /// Like [`Redis::remember_uncertain`] for a write that timed out: it may land late, so recovery waits a
-    /// moment before deleting it.
     /// Storage keys whose write may have landed half done: removed once Redis is verified (now, if it is
     /// up).
     async fn remember_uncertain_keys(&self, keys: Vec<Arc<str>>) {
@@ -770,6 +768,8 @@ impl Redis {
         .await;
     }
 
+    /// Like [`Redis::remember_uncertain`] for a write that timed out: it may land late, so recovery waits a
+    /// moment before deleting it.
     async fn remember_late_write(&self, key: &Key) {
         let target = Target::Key(key.clone());
         self.remember_or_apply(
@@ -1063,16 +1063,16 @@ impl Redis {
         writes: Vec<Write>,
         oldest: Instant,
     ) -> Result<Vec<Written>, BackendError> {
-        // Not fail-fast: a Set's outcome must be known, so it waits for a reconnection within its budget.
-        let options = Options {
-            timeout: Some(self.budget_left(oldest)?),
-            ..Options::default()
-        };
         if let Some(conn) = &self.set_conn
             && writes.iter().all(|w| !w.only_if_absent())
         {
             return Box::pin(self.store_transaction(conn, writes, oldest)).await;
         }
+        // Not fail-fast: a Set's outcome must be known, so it waits for a reconnection within its budget.
+        let options = Options {
+            timeout: Some(self.budget_left(oldest)?),
+            ..Options::default()
+        };
         let argv = || {
             let mut keys = Vec::with_capacity(writes.len() * 6);
             let mut args = Vec::with_capacity(writes.len() * 3);

@@ -43,6 +43,9 @@ enum Command {
         #[arg(long, default_value = "2s")]
         timeout: cache_server::config::HumanDuration,
     },
+    /// Prints the configuration table (every setting's environment variable, flag, file key and default)
+    /// in Markdown, as the documentation shows it.
+    ConfigTable,
 }
 
 /// Runs `health-check`: one grpc.health.v1 Check within `timeout`.
@@ -96,13 +99,17 @@ fn health_check(endpoint: String, service: String, timeout: std::time::Duration)
 fn main() -> ExitCode {
     let malloc = cache_server::malloc::tune();
     let cli = Cli::parse();
-    if let Some(Command::HealthCheck {
-        endpoint,
-        service,
-        timeout,
-    }) = cli.command
-    {
-        return health_check(endpoint, service, timeout.0);
+    match cli.command {
+        Some(Command::HealthCheck {
+            endpoint,
+            service,
+            timeout,
+        }) => return health_check(endpoint, service, timeout.0),
+        Some(Command::ConfigTable) => {
+            print!("{}", cache_server::config::table::markdown());
+            return ExitCode::SUCCESS;
+        }
+        None => {}
     }
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let config = match Config::load(cli.settings, cli.config, &env) {

@@ -7,11 +7,6 @@ use cache_server::config::{Config, Settings};
 use cache_server::telemetry;
 use clap::Parser;
 
-/// Small blocks from mimalloc, large ones from glibc (see `cache_server::malloc`).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: cache_server::malloc::SplitAllocator = cache_server::malloc::SplitAllocator;
-
 /// gRPC cache service (cache.v1.CacheService) with Redis and an in-memory fallback tier.
 ///
 /// Every setting can also come from the environment (names in brackets) or a TOML file (--config or
@@ -135,17 +130,7 @@ fn main() -> ExitCode {
             .map_or("cache-server", String::as_str);
         let endpoint = telemetry::otlp_endpoint(&env);
         let telemetry = telemetry::init(config.log_format, service_name, endpoint.as_deref())?;
-        let allocator = if cfg!(feature = "mimalloc") {
-            "mimalloc up to split_bytes, system above"
-        } else {
-            "system"
-        };
-        tracing::debug!(
-            ?malloc,
-            allocator,
-            split_bytes = cache_server::malloc::SPLIT_BYTES,
-            "allocator settings applied"
-        );
+        tracing::debug!(?malloc, "allocator settings applied");
         let served = serve(config).await;
         telemetry.shutdown().await;
         served

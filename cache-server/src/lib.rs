@@ -8,7 +8,7 @@
 //! - [`backend`]: the storage trait and its tiers.
 //! - [`service`]: the gRPC handlers.
 //! - [`error`]: the error type and its one mapping to gRPC codes.
-//! - [`metrics`]: hot-path counters and their Prometheus rendering; [`prometheus`]: the `/metrics` endpoint.
+//! - [`metrics`]: hot-path counters; [`prometheus`]: their Prometheus encoding and the `/metrics` endpoint.
 //! - [`server`]: wiring, background tasks and graceful shutdown ([`run`]).
 //! - [`telemetry`]: logs and OpenTelemetry traces.
 //! - [`malloc`]: glibc allocator settings that keep resident memory near the configured capacity.

@@ -7,11 +7,6 @@ use cache_server::config::{Config, Settings};
 use cache_server::telemetry;
 use clap::Parser;
 
-/// Small blocks from mimalloc, large ones from glibc (see `cache_server::malloc`).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: cache_server::malloc::SplitAllocator = cache_server::malloc::SplitAllocator;
-
 /// gRPC cache service (cache.v1.CacheService) with Redis and an in-memory fallback tier.
 ///
 /// Every setting can also come from the environment (names in brackets) or a TOML file (--config or
@@ -43,6 +38,9 @@ enum Command {
         #[arg(long, default_value = "2s")]
         timeout: cache_server::config::HumanDuration,
     },
+    /// Prints the configuration table (every setting's environment variable, flag, file key and default)
+    /// in Markdown, as the documentation shows it.
+    ConfigTable,
 }
 
 /// Runs `health-check`: one grpc.health.v1 Check within `timeout`.
@@ -96,13 +94,17 @@ fn health_check(endpoint: String, service: String, timeout: std::time::Duration)
 fn main() -> ExitCode {
     let malloc = cache_server::malloc::tune();
     let cli = Cli::parse();
-    if let Some(Command::HealthCheck {
-        endpoint,
-        service,
-        timeout,
-    }) = cli.command
-    {
-        return health_check(endpoint, service, timeout.0);
+    match cli.command {
+        Some(Command::HealthCheck {
+            endpoint,
+            service,
+            timeout,
+        }) => return health_check(endpoint, service, timeout.0),
+        Some(Command::ConfigTable) => {
+            print!("{}", cache_server::config::table::markdown());
+            return ExitCode::SUCCESS;
+        }
+        None => {}
     }
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
     let config = match Config::load(cli.settings, cli.config, &env) {
@@ -128,17 +130,7 @@ fn main() -> ExitCode {
             .map_or("cache-server", String::as_str);
         let endpoint = telemetry::otlp_endpoint(&env);
         let telemetry = telemetry::init(config.log_format, service_name, endpoint.as_deref())?;
-        let allocator = if cfg!(feature = "mimalloc") {
-            "mimalloc up to split_bytes, system above"
-        } else {
-            "system"
-        };
-        tracing::debug!(
-            ?malloc,
-            allocator,
-            split_bytes = cache_server::malloc::SPLIT_BYTES,
-            "allocator settings applied"
-        );
+        tracing::debug!(?malloc, "allocator settings applied");
         let served = serve(config).await;
         telemetry.shutdown().await;
         served

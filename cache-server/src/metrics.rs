@@ -1,12 +1,13 @@
-//! Request metrics kept on the hot path — relaxed atomics only: no lock and no allocation per request — and
-//! their Prometheus text rendering. The Metrics RPC and the `/metrics` scrape read the same counters, so they
-//! always agree.
+//! Request metrics kept on the hot path — relaxed atomics in fixed arrays indexed by RPC, type and code: no
+//! lock, no hashing and no allocation per request. The Metrics RPC and the `/metrics` scrape
+//! ([`crate::prometheus`]) read the same counters, so they always agree.
+//!
+//! The histogram is this module's own: `prometheus_client`'s locks a mutex on every observation and keeps
+//! its buckets private, and the Metrics RPC computes its percentiles from the buckets.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use crate::backend::BackendStats;
 use crate::keys::CacheType;
 
 /// The RPCs of `cache.v1.CacheService`, for per-RPC latency and errors.
@@ -65,9 +66,9 @@ pub const SIZE_BOUNDS_BYTES: [f64; 12] = [
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [f64],
+    /// One counter per bound, then the overflow (`+Inf`) bucket; the count is their total.
     buckets: Vec<AtomicU64>,
     sum: AtomicU64,
-    count: AtomicU64,
     /// Observations are stored as integers of `1 / scale` units (e.g. microseconds for seconds).
     scale: f64,
 }
@@ -79,7 +80,6 @@ impl Histogram {
             bounds,
             buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum: AtomicU64::new(0),
-            count: AtomicU64::new(0),
             scale,
         }
     }
@@ -93,12 +93,21 @@ impl Histogram {
             .unwrap_or(self.bounds.len());
         self.buckets[i].fetch_add(1, Relaxed);
         self.sum.fetch_add((value * self.scale) as u64, Relaxed);
-        self.count.fetch_add(1, Relaxed);
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    /// The upper bound of each bucket but the last (`+Inf`).
+    pub fn bounds(&self) -> &'static [f64] {
+        self.bounds
+    }
+
+    /// The observations in each bucket (not cumulative), the overflow bucket last.
+    pub fn bucket_counts(&self) -> Vec<u64> {
+        self.buckets.iter().map(|b| b.load(Relaxed)).collect()
     }
 
     /// Sum of observations, in the histogram's unit.
@@ -108,7 +117,7 @@ impl Histogram {
 
     /// Estimates the `q` quantile (0..=1) by linear interpolation inside the bucket that holds it.
     pub fn quantile(&self, q: f64) -> f64 {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let counts = self.bucket_counts();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return 0.0;
@@ -124,29 +133,6 @@ impl Histogram {
             seen += c;
         }
         self.bounds[self.bounds.len() - 1]
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (i, bucket) in self.buckets.iter().enumerate() {
-            cumulative += bucket.load(Relaxed);
-            let le = self
-                .bounds
-                .get(i)
-                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{}le=\"{le}\"}} {cumulative}",
-                if labels.is_empty() { "" } else { "," }
-            );
-        }
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum());
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count());
     }
 }
 
@@ -179,9 +165,6 @@ impl Default for TypeCounters {
         }
     }
 }
-
-/// Picks one counter of a type's counters.
-type CounterOf = fn(&TypeCounters) -> &AtomicU64;
 
 /// Number of gRPC status codes (0..=16).
 pub const CODES: usize = 17;
@@ -294,220 +277,6 @@ impl Metrics {
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
-
-    /// Renders every metric in the Prometheus text format (version 0.0.4). Labels have bounded values only:
-    /// rpc, code, type and tier names, never a key, user or project.
-    pub fn render_prometheus(&self, mode: &str, stats: &BackendStats) -> String {
-        let mut out = String::with_capacity(16 << 10);
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        family(
-            &mut out,
-            "cache_info",
-            "gauge",
-            "Constant 1, labelled with the configured backend mode.",
-        );
-        let _ = writeln!(out, "cache_info{{mode=\"{mode}\"}} 1");
-        family(
-            &mut out,
-            "cache_uptime_seconds",
-            "gauge",
-            "Seconds since the server started.",
-        );
-        let _ = writeln!(out, "cache_uptime_seconds {}", self.uptime().as_secs_f64());
-
-        family(
-            &mut out,
-            "cache_request_duration_seconds",
-            "histogram",
-            "Server-side handling time of each RPC.",
-        );
-        for rpc in Rpc::ALL {
-            self.rpc(rpc).latency.render(
-                &mut out,
-                "cache_request_duration_seconds",
-                &format!("rpc=\"{}\"", rpc.name()),
-            );
-        }
-        family(
-            &mut out,
-            "cache_errors_total",
-            "counter",
-            "Errors returned to callers, by RPC and gRPC code.",
-        );
-        for rpc in Rpc::ALL {
-            for (code, n) in self.rpc(rpc).errors.iter().enumerate() {
-                let n = n.load(Relaxed);
-                if n > 0 {
-                    let code = crate::service::code_name(tonic::Code::from_i32(code as i32));
-                    let _ = writeln!(
-                        out,
-                        "cache_errors_total{{rpc=\"{}\",code=\"{code}\"}} {n}",
-                        rpc.name()
-                    );
-                }
-            }
-        }
-        let per_type: [(&str, &str, CounterOf); 5] = [
-            (
-                "cache_hits_total",
-                "Gets that found a current entry.",
-                |c| &c.hits,
-            ),
-            (
-                "cache_misses_total",
-                "Gets that found nothing (or another model hash, or an undecodable value).",
-                |c| &c.misses,
-            ),
-            ("cache_sets_total", "Values stored.", |c| &c.sets),
-            (
-                "cache_invalidations_total",
-                "Entries removed by Invalidate.",
-                |c| &c.invalidations,
-            ),
-            (
-                "cache_set_bytes_total",
-                "Logical bytes of the values stored.",
-                |c| &c.bytes_set,
-            ),
-        ];
-        for (name, help, counter) in per_type {
-            family(&mut out, name, "counter", help);
-            for t in CacheType::ALL {
-                let _ = writeln!(
-                    out,
-                    "{name}{{type=\"{}\"}} {}",
-                    t.label(),
-                    counter(self.of(t)).load(Relaxed)
-                );
-            }
-        }
-        family(
-            &mut out,
-            "cache_value_size_bytes",
-            "histogram",
-            "Logical sizes of the values stored.",
-        );
-        for t in CacheType::ALL {
-            self.of(t).value_size.render(
-                &mut out,
-                "cache_value_size_bytes",
-                &format!("type=\"{}\"", t.label()),
-            );
-        }
-        let logical = self.logical_bytes.load(Relaxed);
-        let stored = self.stored_bytes.load(Relaxed);
-        let scalars: [(&str, &str, &str, f64); 17] = [
-            (
-                "cache_logical_bytes_total",
-                "counter",
-                "Logical bytes of all values stored.",
-                logical as f64,
-            ),
-            (
-                "cache_stored_bytes_total",
-                "counter",
-                "Stored (possibly compressed) bytes of all values stored.",
-                stored as f64,
-            ),
-            (
-                "cache_compression_saved_bytes_total",
-                "counter",
-                "Bytes saved by compression.",
-                logical.saturating_sub(stored) as f64,
-            ),
-            (
-                "cache_corrupt_entries_total",
-                "counter",
-                "Stored values that failed to decode (served as misses).",
-                self.corrupt.load(Relaxed) as f64,
-            ),
-            (
-                "cache_invalidated_entries_total",
-                "counter",
-                "Entries removed by Invalidate, all targets.",
-                self.invalidated.load(Relaxed) as f64,
-            ),
-            (
-                "cache_memory_entries",
-                "gauge",
-                "Entries held by the memory tier.",
-                stats.memory_entries as f64,
-            ),
-            (
-                "cache_memory_bytes",
-                "gauge",
-                "Bytes held by the memory tier.",
-                stats.memory_bytes as f64,
-            ),
-            (
-                "cache_memory_capacity_bytes",
-                "gauge",
-                "Capacity of the memory tier.",
-                stats.memory_capacity as f64,
-            ),
-            (
-                "cache_memory_rejected_total",
-                "counter",
-                "Values the memory tier refused as too large.",
-                stats.memory_rejected as f64,
-            ),
-            (
-                "cache_redis_connected",
-                "gauge",
-                "1 when Redis is verified and serving.",
-                f64::from(u8::from(stats.redis_connected)),
-            ),
-            (
-                "cache_redis_memory_bytes",
-                "gauge",
-                "Redis used_memory (INFO memory), refreshed in the background.",
-                stats.redis_memory_bytes as f64,
-            ),
-            (
-                "cache_redis_entries",
-                "gauge",
-                "Entries of this service in Redis (index estimate), refreshed in the background.",
-                stats.redis_entries.unwrap_or(0) as f64,
-            ),
-            (
-                "cache_fallback_active",
-                "gauge",
-                "1 while the memory fallback serves because Redis is unreachable (hybrid).",
-                f64::from(u8::from(stats.fallback_active)),
-            ),
-            (
-                "cache_fallback_served_total",
-                "counter",
-                "Calls answered by the memory fallback during outages.",
-                stats.fallback_served as f64,
-            ),
-            (
-                "cache_redis_down_seconds_total",
-                "counter",
-                "Time Redis has been unreachable (time in fallback in hybrid mode).",
-                stats.redis_down_seconds,
-            ),
-            (
-                "cache_invalidations_replayed_total",
-                "counter",
-                "Invalidations remembered during outages and applied to Redis after.",
-                stats.invalidations_replayed as f64,
-            ),
-            (
-                "process_resident_memory_bytes",
-                "gauge",
-                "Resident memory of the server process.",
-                resident_bytes() as f64,
-            ),
-        ];
-        for (name, kind, help, value) in scalars {
-            family(&mut out, name, kind, help);
-            let _ = writeln!(out, "{name} {value}");
-        }
-        out
-    }
 }
 
 /// Resident memory of this process in bytes (Linux `/proc/self/statm`), 0 elsewhere.
@@ -537,22 +306,5 @@ mod tests {
         assert!(p99 > 0.025 && p99 <= 0.05, "{p99}");
         assert_eq!(h.count(), 100);
         assert!((h.sum() - (90.0 * 0.0008 + 10.0 * 0.04)).abs() < 1e-3);
-    }
-
-    #[test]
-    fn renders_cumulative_buckets() {
-        let m = Metrics::default();
-        m.record_latency(Rpc::Get, Duration::from_micros(300));
-        m.record_latency(Rpc::Get, Duration::from_millis(3));
-        m.record_error(Rpc::Set, tonic::Code::InvalidArgument);
-        let text = m.render_prometheus("memory", &BackendStats::default());
-        assert!(
-            text.contains("cache_request_duration_seconds_bucket{rpc=\"Get\",le=\"0.0005\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("cache_request_duration_seconds_bucket{rpc=\"Get\",le=\"+Inf\"} 2"));
-        assert!(text.contains("cache_request_duration_seconds_count{rpc=\"Get\"} 2"));
-        assert!(text.contains("cache_errors_total{rpc=\"Set\",code=\"INVALID_ARGUMENT\"} 1"));
-        assert!(text.contains("cache_info{mode=\"memory\"} 1"));
     }
 }

@@ -1,18 +1,280 @@
-//! The Prometheus scrape endpoint: `GET /metrics` on its own HTTP port (text format 0.0.4), rendered on demand
-//! from the same counters the Metrics RPC reads.
+//! The Prometheus scrape: the metrics encoded by `prometheus_client` in the Prometheus text format (0.0.4) from
+//! the counters the Metrics RPC reads, and the `GET /metrics` endpoint on its own port.
+//!
+//! The endpoint is a small hyper service because `prometheus_client` encodes but serves nothing. Label values
+//! are bounded: RPC names, code names, the five types and the mode, never a key, user or project.
 
 use std::convert::Infallible;
+use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming};
 use hyper_util::rt::TokioIo;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::BackendStats;
+use crate::error::code_name;
+use crate::keys::CacheType;
+use crate::metrics::{CODES, Histogram, Metrics, Rpc, TypeCounters, resident_bytes};
+
+/// The `Content-Type` of the scrape.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
 /// Renders the current metrics text.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Encodes every metric in the Prometheus text format (version 0.0.4).
+pub fn render(metrics: &Arc<Metrics>, mode: &'static str, stats: BackendStats) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape {
+        metrics: metrics.clone(),
+        mode,
+        stats,
+    }));
+    let mut out = String::with_capacity(16 << 10);
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> fmt::Result {
+        let counts = self.bucket_counts();
+        let buckets: Vec<(f64, u64)> = self
+            .bounds()
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(counts.iter().copied())
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(self.sum(), counts.iter().sum(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// What one scrape encodes: the counters, and the backend's figures taken for it.
+#[derive(Debug)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    mode: &'static str,
+    stats: BackendStats,
+}
+
+/// Picks one counter of a type's counters.
+type CounterOf = fn(&TypeCounters) -> &AtomicU64;
+
+impl Collector for Scrape {
+    fn encode(&self, mut out: DescriptorEncoder<'_>) -> fmt::Result {
+        let m = &*self.metrics;
+        let s = &self.stats;
+        // Names are given without `_total`: the encoder appends it to counters.
+        ConstGauge::new(1i64).encode(
+            out.encode_descriptor(
+                "cache_info",
+                "Constant 1, labelled with the configured backend mode.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_family(&[("mode", self.mode)])?,
+        )?;
+        ConstGauge::new(m.uptime().as_secs_f64()).encode(out.encode_descriptor(
+            "cache_uptime_seconds",
+            "Seconds since the server started.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+
+        let mut family = out.encode_descriptor(
+            "cache_request_duration_seconds",
+            "Server-side handling time of each RPC.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for rpc in Rpc::ALL {
+            m.rpc(rpc)
+                .latency
+                .encode(family.encode_family(&[("rpc", rpc.name())])?)?;
+        }
+        let mut family = out.encode_descriptor(
+            "cache_errors",
+            "Errors returned to callers, by RPC and gRPC code.",
+            None,
+            MetricType::Counter,
+        )?;
+        for rpc in Rpc::ALL {
+            for code in 0..CODES {
+                let n = m.rpc(rpc).errors[code].load(Relaxed);
+                if n > 0 {
+                    let name = code_name(tonic::Code::from_i32(code as i32));
+                    ConstCounter::new(n)
+                        .encode(family.encode_family(&[("rpc", rpc.name()), ("code", name)])?)?;
+                }
+            }
+        }
+
+        let per_type: [(&str, &str, CounterOf); 5] = [
+            ("cache_hits", "Gets that found a current entry.", |c| {
+                &c.hits
+            }),
+            (
+                "cache_misses",
+                "Gets that found nothing (or another model hash, or an undecodable value).",
+                |c| &c.misses,
+            ),
+            ("cache_sets", "Values stored.", |c| &c.sets),
+            (
+                "cache_invalidations",
+                "Entries removed by Invalidate.",
+                |c| &c.invalidations,
+            ),
+            (
+                "cache_set_bytes",
+                "Logical bytes of the values stored.",
+                |c| &c.bytes_set,
+            ),
+        ];
+        for (name, help, pick) in per_type {
+            let mut family = out.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for t in CacheType::ALL {
+                ConstCounter::new(pick(m.of(t)).load(Relaxed))
+                    .encode(family.encode_family(&[("type", t.label())])?)?;
+            }
+        }
+        let mut family = out.encode_descriptor(
+            "cache_value_size_bytes",
+            "Logical sizes of the values stored.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for t in CacheType::ALL {
+            m.of(t)
+                .value_size
+                .encode(family.encode_family(&[("type", t.label())])?)?;
+        }
+
+        let logical = m.logical_bytes.load(Relaxed);
+        let stored = m.stored_bytes.load(Relaxed);
+        let counters: [(&str, &str, f64); 9] = [
+            (
+                "cache_logical_bytes",
+                "Logical bytes of all values stored.",
+                logical as f64,
+            ),
+            (
+                "cache_stored_bytes",
+                "Stored (possibly compressed) bytes of all values stored.",
+                stored as f64,
+            ),
+            (
+                "cache_compression_saved_bytes",
+                "Bytes saved by compression.",
+                logical.saturating_sub(stored) as f64,
+            ),
+            (
+                "cache_corrupt_entries",
+                "Stored values that failed to decode (served as misses).",
+                m.corrupt.load(Relaxed) as f64,
+            ),
+            (
+                "cache_invalidated_entries",
+                "Entries removed by Invalidate, all targets.",
+                m.invalidated.load(Relaxed) as f64,
+            ),
+            (
+                "cache_memory_rejected",
+                "Values the memory tier refused as too large.",
+                s.memory_rejected as f64,
+            ),
+            (
+                "cache_fallback_served",
+                "Calls answered by the memory fallback during outages.",
+                s.fallback_served as f64,
+            ),
+            (
+                "cache_redis_down_seconds",
+                "Time Redis has been unreachable (time in fallback in hybrid mode).",
+                s.redis_down_seconds,
+            ),
+            (
+                "cache_invalidations_replayed",
+                "Invalidations remembered during outages and applied to Redis after.",
+                s.invalidations_replayed as f64,
+            ),
+        ];
+        for (name, help, value) in counters {
+            ConstCounter::new(value).encode(out.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        let gauges: [(&str, &str, f64); 8] = [
+            (
+                "cache_memory_entries",
+                "Entries held by the memory tier.",
+                s.memory_entries as f64,
+            ),
+            (
+                "cache_memory_bytes",
+                "Bytes held by the memory tier.",
+                s.memory_bytes as f64,
+            ),
+            (
+                "cache_memory_capacity_bytes",
+                "Capacity of the memory tier.",
+                s.memory_capacity as f64,
+            ),
+            (
+                "cache_redis_connected",
+                "1 when Redis is verified and serving.",
+                f64::from(u8::from(s.redis_connected)),
+            ),
+            (
+                "cache_redis_memory_bytes",
+                "Redis used_memory (INFO memory), refreshed in the background.",
+                s.redis_memory_bytes as f64,
+            ),
+            (
+                "cache_redis_entries",
+                "Entries of this service in Redis (index estimate), refreshed in the background.",
+                s.redis_entries.unwrap_or(0) as f64,
+            ),
+            (
+                "cache_fallback_active",
+                "1 while the memory fallback serves because Redis is unreachable (hybrid).",
+                f64::from(u8::from(s.fallback_active)),
+            ),
+            (
+                "process_resident_memory_bytes",
+                "Resident memory of the server process.",
+                resident_bytes() as f64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            ConstGauge::new(value).encode(out.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        Ok(())
+    }
+}
 
 /// Serves `/metrics` on `listener` until `cancel` fires.
 pub async fn serve(listener: TcpListener, render: Render, cancel: CancellationToken) {
@@ -53,11 +315,7 @@ fn answer(req: &Request<Incoming>, render: &Render) -> Response<Full<Bytes>> {
             .expect("valid response")
     };
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(),
-        ),
+        (&Method::GET, "/metrics") => reply(StatusCode::OK, CONTENT_TYPE, render()),
         (&Method::GET, "/") => reply(
             StatusCode::OK,
             "text/plain; charset=utf-8",
@@ -68,5 +326,43 @@ fn answer(req: &Request<Incoming>, render: &Render) -> Response<Full<Bytes>> {
             "text/plain; charset=utf-8",
             "not found\n".to_owned(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn renders_cumulative_buckets_and_every_family_once() {
+        let m = Arc::new(Metrics::default());
+        m.record_latency(Rpc::Get, Duration::from_micros(300));
+        m.record_latency(Rpc::Get, Duration::from_millis(3));
+        m.record_error(Rpc::Set, tonic::Code::InvalidArgument);
+        m.record_set(CacheType::Metadata, 3000, 3000);
+        let text = render(&m, "memory", BackendStats::default());
+        for line in [
+            "cache_request_duration_seconds_bucket{rpc=\"Get\",le=\"0.0005\"} 1",
+            "cache_request_duration_seconds_bucket{rpc=\"Get\",le=\"+Inf\"} 2",
+            "cache_request_duration_seconds_count{rpc=\"Get\"} 2",
+            "cache_errors_total{rpc=\"Set\",code=\"INVALID_ARGUMENT\"} 1",
+            "cache_info{mode=\"memory\"} 1",
+            "cache_sets_total{type=\"metadata\"} 1",
+            "cache_value_size_bytes_bucket{type=\"metadata\",le=\"4096\"} 1",
+            "# TYPE cache_hits_total counter",
+            "# HELP cache_hits_total Gets that found a current entry.",
+            "# TYPE process_resident_memory_bytes gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+        let mut unique = types.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), types.len(), "{text}");
     }
 }

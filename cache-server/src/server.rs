@@ -84,7 +84,7 @@ pub async fn run(
                 tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
                 let (backend, mode) = (backend.clone(), config.backend.as_str());
                 let render: crate::prometheus::Render =
-                    Arc::new(move || metrics.render_prometheus(mode, &backend.stats()));
+                    Arc::new(move || crate::prometheus::render(&metrics, mode, backend.stats()));
                 tasks.spawn(crate::prometheus::serve(listener, render, cancel.clone()));
             }
             // Metrics are not a reason to refuse cache traffic: say so loudly and keep serving.

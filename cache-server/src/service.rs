@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::backend::{Backend, Hit, Target, TierKind, now_ms};
 use crate::codec::{self, Codec, CompressionPolicy, CompressionRequest, Header};
 use crate::config::{BackendMode, Config};
-use crate::error::CacheError;
+use crate::error::{CacheError, code_name};
 use crate::keys::{InvalidField, Key, Keyspace, check_text, options_struct};
 use crate::metrics::{self, Metrics, Rpc};
 
@@ -512,30 +512,6 @@ fn target_label(target: &Target) -> &'static str {
         Target::Selector(_) => "selector",
         Target::Pattern(_) => "pattern",
         Target::All => "all",
-    }
-}
-
-/// The canonical upper-case name of a gRPC code (e.g. `INVALID_ARGUMENT`).
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use cache_proto::pb;
-use cache_server::config::Settings;
+use cache_server::config::{MetricsListen, Settings};
 use cache_tests::{TestServer, free_port, get_req, key, memory_config, set_req};
 use pb::invalidate_request::Target;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -69,7 +69,7 @@ print(json.dumps(out))
 async fn scrape_agrees_with_the_metrics_rpc_and_the_calls_made() {
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = memory_config(Settings {
-        metrics_listen: Some(metrics_addr.to_string()),
+        metrics_listen: Some(MetricsListen(Some(metrics_addr))),
         ..Default::default()
     });
     let server = TestServer::start(config).await;

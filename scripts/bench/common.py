@@ -69,7 +69,9 @@ def release_bins(names, build=False):
     """{name: path} of release binaries; builds them first with `build`, dies if one is missing."""
     if build:
         log(f"building release binaries ({BUILD_HINT})")
-        p = subprocess.run(BUILD_HINT.split(), cwd=ROOT, stdin=subprocess.DEVNULL)
+        # cargo runs in ROOT: hand it the target directory as an absolute path.
+        env = {**os.environ, "CARGO_TARGET_DIR": target_dir()}
+        p = subprocess.run(BUILD_HINT.split(), cwd=ROOT, stdin=subprocess.DEVNULL, env=env)
         if p.returncode != 0:
             die("cargo build failed")
     bins = {name: release_bin(name) for name in names}

@@ -4,15 +4,17 @@
 # Python caller needs). Run by scripts/test like every scripts/check-*.sh.
 #
 # Usage: scripts/check-python.sh
-#   CACHE_SERVER_BIN   the server binary (default: target/release/cache-server; build it with
-#                      `cargo build --release -p cache-server`)
+#   CACHE_SERVER_BIN   the server binary (default: ${CARGO_TARGET_DIR:-target}/release/cache-server; build it
+#                      with `cargo build --release -p cache-server`)
 #   PYTHON             the interpreter (default: python3)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+[[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$PWD/$TARGET_DIR"
 cd "$ROOT"
 PYTHON=${PYTHON:-python3}
-export CACHE_SERVER_BIN=${CACHE_SERVER_BIN:-$ROOT/target/release/cache-server}
+export CACHE_SERVER_BIN=${CACHE_SERVER_BIN:-$TARGET_DIR/release/cache-server}
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     echo "check-python: $PYTHON is not installed; install it with: apt-get install python3 python3-pip" >&2

@@ -2,8 +2,9 @@
 # End-to-end smoke test of the release cache-server binary through grpcurl (server reflection, JSON mapping).
 #
 # Usage: scripts/smoke-grpcurl.sh
-#   CACHE_SERVER_BIN=/path/to/cache-server  use this binary instead of target/release/cache-server
-#                                           (otherwise it is built with `cargo build --release` when missing)
+#   CACHE_SERVER_BIN=/path/to/cache-server  use this binary instead of ${CARGO_TARGET_DIR:-target}/release/
+#                                           cache-server (otherwise built with `cargo build --release
+#                                           -p cache-server` when missing)
 #
 # Starts its own server in memory mode on a free loopback port (never 6379, never a fixed port), runs one check
 # per line ("ok - ..." / "not ok - ..."), ends with "N passed, M failed" and exits non-zero if any check failed.
@@ -27,7 +28,11 @@ if [[ -n "${CACHE_SERVER_BIN:-}" ]]; then
     BIN="$CACHE_SERVER_BIN"
     [[ -x "$BIN" ]] || die "CACHE_SERVER_BIN=$BIN is not an executable file"
 else
-    BIN="$ROOT/target/release/cache-server"
+    # A relative CARGO_TARGET_DIR means the caller's directory (cargo reads it so); cargo runs in ROOT below.
+    TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+    [[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$PWD/$TARGET_DIR"
+    export CARGO_TARGET_DIR="$TARGET_DIR"
+    BIN="$TARGET_DIR/release/cache-server"
     if [[ ! -x "$BIN" ]]; then
         echo "# $BIN is missing: cargo build --release -p cache-server" >&2
         (cd "$ROOT" && cargo build --release -p cache-server) || die "cargo build --release -p cache-server failed"
@@ -53,49 +58,19 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# --- JSON assertion helper (python) ----------------------------------------------------------------------------
-cat >"$TMP/check.py" <<'PY'
-import base64, json, sys
+# --- the Python half: JSON assertions and helpers (scripts/checks/grpcurl_json.py) --------------------------
+py() { PYTHONPATH="$ROOT/scripts${PYTHONPATH:+:$PYTHONPATH}" python3 -m checks.grpcurl_json "$@"; }
 
-path, code = sys.argv[1], sys.argv[2]
-with open(path, "rb") as f:
-    raw = f.read()
-try:
-    r = json.loads(raw) if raw.strip() else {}
-except ValueError as e:
-    print(f"  not JSON ({e}): {raw[:300]!r}", file=sys.stderr)
-    sys.exit(1)
-
-def fail(msg):
-    print(f"  mismatch: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-def eq(actual, expected, what):
-    if actual != expected:
-        fail(f"{what}: expected {expected!r}, got {actual!r}")
-
-def get(obj, *path):
-    for p in path:
-        if not isinstance(obj, dict) or p not in obj:
-            return None
-        obj = obj[p]
-    return obj
-
-def b64(s):
-    return base64.b64decode(s or "")
-
-exec(code)
-PY
-
-# jcheck FILE PYTHON_CODE: run assertions on the JSON document in FILE (bound to `r`).
-jcheck() { python3 "$TMP/check.py" "$1" "$2"; }
+# jcheck FILE PYTHON_CODE [ARG...]: run assertions on the JSON document in FILE (bound to `r`, the ARGs to
+# `args`).
+jcheck() { py assert "$@"; }
 
 # b64file FILE: standard base64 of FILE on one line.
-b64file() { python3 -c 'import base64,sys; print(base64.b64encode(open(sys.argv[1],"rb").read()).decode())' "$1"; }
+b64file() { py b64 "$1"; }
 
 # --- start the server ------------------------------------------------------------------------------------------
-PORT="$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')"
-METRICS_PORT="$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')"
+PORT="$(py free-port)"
+METRICS_PORT="$(py free-port)"
 ADDR="127.0.0.1:$PORT"
 # Hermetic: the checks rely on the defaults (prefix, namespace, thresholds), so drop inherited settings.
 unset_args=()
@@ -152,7 +127,7 @@ check() {
 # do_get NAME JSON: Get into $TMP/NAME.json and record hit/miss from the answer.
 do_get() {
     rpc Get "$2" >"$TMP/$1.json"
-    if python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1])).get("found") else 1)' "$TMP/$1.json"; then
+    if py found "$TMP/$1.json"; then
         echo hit >>"$TMP/gets"
     else
         echo miss >>"$TMP/gets"
@@ -219,14 +194,7 @@ check_health_subcommand() {
 }
 check "cache-server health-check exits 0 on SERVING and 1 when nothing answers" check_health_subcommand
 
-check_prometheus() {
-    python3 - "$METRICS_PORT" <<'PY'
-import sys, urllib.request
-body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
-for needle in ('cache_info{mode="memory"} 1', "# TYPE cache_request_duration_seconds histogram", "cache_memory_capacity_bytes"):
-    assert needle in body, f"{needle!r} missing from /metrics"
-PY
-}
+check_prometheus() { py scrape "$METRICS_PORT"; }
 check "Prometheus /metrics answers on its own port with cache_ metrics" check_prometheus
 
 META_JSON='{"name":"Wall 42","storeys":3,"tags":["load-bearing","exterior"],"unicode":"Düsseldorf ✓"}'
@@ -235,28 +203,28 @@ check_set_get_metadata() {
     value="$(printf '%s' "$META_JSON" | base64 -w0)"
     do_set set-meta '{"key":{"type":"CACHE_TYPE_METADATA","id":"obj-42","userId":"u-7"},
         "value":"'"$value"'","contentType":"application/json","metadata":{"source":"smoke","run":"1"}}'
-    python3 "$TMP/check.py" "$TMP/set-meta.json" '
+    jcheck "$TMP/set-meta.json" '
 e = r.get("entry") or {}
 eq(e.get("key"), "cache:default:metadata:obj-42:user:u-7", "SetResponse.entry.key")
-eq(e.get("sizeBytes"), str(len(sys.argv[3].encode())), "SetResponse.entry.sizeBytes")
+eq(e.get("sizeBytes"), str(len(args[0].encode())), "SetResponse.entry.sizeBytes")
 ' "$META_JSON"
     do_get get-meta '{"key":{"type":"CACHE_TYPE_METADATA","id":"obj-42","userId":"u-7"}}'
-    python3 "$TMP/check.py" "$TMP/get-meta.json" '
-expected = json.loads(sys.argv[3])
+    jcheck "$TMP/get-meta.json" '
+expected = json.loads(args[0])
 eq(r.get("found"), True, "found")
 got = b64(r.get("value"))
 try:
     eq(json.loads(got), expected, "value (decoded JSON)")
 except ValueError:
     fail(f"value is not the JSON that was set: {got[:200]!r}")
-eq(got, sys.argv[3].encode(), "value bytes")
+eq(got, args[0].encode(), "value bytes")
 e = r.get("entry") or {}
 eq(e.get("key"), "cache:default:metadata:obj-42:user:u-7", "entry.key")
 eq(e.get("type"), "CACHE_TYPE_METADATA", "entry.type")
 eq(e.get("id"), "obj-42", "entry.id")
 eq(e.get("userId"), "u-7", "entry.userId")
 eq(e.get("accessCount"), "1", "entry.accessCount (uint64 as a string)")
-eq(e.get("sizeBytes"), str(len(sys.argv[3].encode())), "entry.sizeBytes")
+eq(e.get("sizeBytes"), str(len(args[0].encode())), "entry.sizeBytes")
 eq(e.get("tier"), "TIER_MEMORY", "entry.tier")
 eq(e.get("contentType"), "application/json", "entry.contentType")
 eq(e.get("metadata"), {"source": "smoke", "run": "1"}, "entry.metadata")
@@ -280,23 +248,7 @@ check_escaping() {
 check "key components are percent-escaped (':' ' ' '*') and round-trip" check_escaping
 
 check_large_value() {
-    python3 - "$TMP/large.json" <<'PY'
-import json, sys
-# A building model export: many similar elements, so it compresses well (like real exports).
-def element(i):
-    return {"id": f"elem-{i:06d}", "type": ["IfcWall", "IfcSlab", "IfcDoor", "IfcWindow"][i % 4],
-            "storey": i % 12, "material": f"concrete-C{20 + i % 5}/{25 + i % 5}",
-            "bbox": [i % 100, (i * 7) % 50, 0, i % 100 + 3, (i * 7) % 50 + 1, 3],
-            "props": {"loadBearing": i % 3 == 0, "fireRating": f"F{30 * (1 + i % 4)}"}}
-parts, size, i = [], 0, 0
-while size < 2 * 1024 * 1024:
-    s = json.dumps(element(i), separators=(",", ":"))
-    parts.append(s)
-    size += len(s) + 1
-    i += 1
-data = ('{"model":"smoke-building","elements":[' + ",".join(parts) + "]}").encode()
-open(sys.argv[1], "wb").write(data)
-PY
+    py large-value "$TMP/large.json"
     local size
     size="$(stat -c %s "$TMP/large.json")"
     [[ $size -ge $((2 * 1024 * 1024)) ]] || { echo "  generated value is only $size bytes" >&2; return 1; }
@@ -312,8 +264,8 @@ PY
     echo '{"key":{"type":"CACHE_TYPE_EXPORT_RESULT","id":"building-1","format":"json","options":{"includeGeometry":true,"precision":3.0}}}' |
         gc -max-msg-sz "$MAX_MSG" -d @ "$ADDR" cache.v1.CacheService/Get >"$TMP/get-large.json"
     echo hit >>"$TMP/gets"
-    python3 "$TMP/check.py" "$TMP/get-large.json" '
-original = open(sys.argv[3], "rb").read()
+    jcheck "$TMP/get-large.json" '
+original = open(args[0], "rb").read()
 eq(r.get("found"), True, "found")
 got = b64(r.get("value"))
 if got != original:
@@ -364,8 +316,8 @@ check_metrics() {
     hits="$(grep -cx hit "$TMP/gets" || true)"
     misses="$(grep -cx miss "$TMP/gets" || true)"
     sets="$(wc -l <"$TMP/sets")"
-    python3 "$TMP/check.py" "$TMP/metrics.json" '
-hits, misses, sets = (int(x) for x in sys.argv[3:6])
+    jcheck "$TMP/metrics.json" '
+hits, misses, sets = (int(x) for x in args[0:3])
 m = r.get("metrics") or {}
 u64 = lambda v: int(v or 0)   # grpcurl prints uint64 as strings and omits zeros
 eq(r.get("mode"), "memory", "mode")

@@ -4,6 +4,7 @@
 //! | --- | --- | --- |
 //! | invalid field, value too large, bad TTL | `INVALID_ARGUMENT` | no |
 //! | backend unavailable or over its command budget (no tier could serve) | `UNAVAILABLE` | yes |
+//! | an invalidation that did not reach the shared store (Redis down) | `UNAVAILABLE` | yes |
 //! | backend out of memory / value larger than a tier can hold | `RESOURCE_EXHAUSTED` | later |
 //! | bug or unexpected reply | `INTERNAL` | no |
 //!
@@ -33,9 +34,11 @@ impl CacheError {
     pub fn code(&self) -> Code {
         match self {
             Self::InvalidArgument(_) => Code::InvalidArgument,
-            Self::Backend(BackendError::Unavailable { .. } | BackendError::Timeout { .. }) => {
-                Code::Unavailable
-            }
+            Self::Backend(
+                BackendError::Unavailable { .. }
+                | BackendError::Timeout { .. }
+                | BackendError::NotShared { .. },
+            ) => Code::Unavailable,
             Self::Backend(BackendError::TooLarge { .. } | BackendError::Refused { .. }) => {
                 Code::ResourceExhausted
             }

@@ -221,7 +221,7 @@ impl Inner {
             tier: outcome.tier,
             fallback: outcome.fallback,
             access_count: 0,
-            last_accessed_ms: header.created_at_ms,
+            last_accessed_ms: 0,
         };
         let entry = entry_message(&key, &header, codec, stored_len, &origin);
         Ok(pb::SetResponse {
@@ -536,7 +536,7 @@ impl Origin {
             tier: hit.tier,
             fallback: hit.fallback,
             access_count: hit.access_count,
-            last_accessed_ms: now_ms(),
+            last_accessed_ms: hit.previous_read_ms,
         }
     }
 }
@@ -571,7 +571,7 @@ fn entry_message(
         export_options: options_struct(&header.export_options_json),
         created_at: Some(timestamp(header.created_at_ms)),
         expires_at: Some(timestamp(header.expires_at_ms)),
-        last_accessed: Some(timestamp(last_accessed_ms)),
+        last_accessed: (last_accessed_ms > 0).then(|| timestamp(last_accessed_ms)),
         access_count,
         size_bytes: header.size_bytes,
         stored_bytes,

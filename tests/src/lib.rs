@@ -22,6 +22,14 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
 
+pub mod fault_proxy;
+pub mod process;
+pub mod sentinel;
+
+pub use fault_proxy::{FaultProxy, Mode};
+pub use process::ServerProcess;
+pub use sentinel::Sentinel;
+
 /// Largest gRPC message the test clients send or accept (above the server's 64 MiB default value limit).
 pub const CLIENT_MAX_MESSAGE_BYTES: usize = 128 << 20;
 

@@ -35,6 +35,8 @@ struct MemEntry {
     expires_at_ms: u64,
     tags: KeyTags,
     access_count: AtomicU64,
+    /// When it was last read (unix ms), 0 if never.
+    last_read_ms: AtomicU64,
 }
 
 impl MemEntry {
@@ -128,6 +130,7 @@ impl Memory {
             expires_at_ms: now.saturating_add(ttl.as_millis() as u64),
             tags: key.tags.clone(),
             access_count: AtomicU64::new(0),
+            last_read_ms: AtomicU64::new(0),
         }))
     }
 
@@ -163,9 +166,11 @@ impl Backend for Memory {
             return Ok(None);
         }
         let access_count = entry.access_count.fetch_add(1, Ordering::Relaxed) + 1;
+        let previous_read_ms = entry.last_read_ms.swap(now, Ordering::Relaxed);
         Ok(Some(Hit {
             envelope: entry.envelope.clone(),
             access_count,
+            previous_read_ms,
             tier: TierKind::Memory,
             fallback: false,
         }))

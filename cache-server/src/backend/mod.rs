@@ -5,12 +5,8 @@
 //! [`Memory`] is the in-process tier, [`Redis`] the shared primary tier, and [`Tiered`] composes them: Redis
 //! while it is healthy, memory while it is not, with invalidations remembered across the outage.
 
-mod access;
-mod batch;
-mod lua;
 mod memory;
 mod redis;
-mod setconn;
 mod tiered;
 
 pub use memory::{Memory, MemoryOptions};
@@ -41,6 +37,8 @@ pub struct Hit {
     pub envelope: Bytes,
     /// Reads of the entry so far, including this one.
     pub access_count: u64,
+    /// When the entry was read before this read (unix ms), 0 if never.
+    pub previous_read_ms: u64,
     /// Which tier answered.
     pub tier: TierKind,
     /// Whether the answer comes from the memory fallback during a Redis outage.
@@ -124,6 +122,18 @@ pub struct BackendStats {
     pub invalidations_replayed: u64,
     /// Seconds Redis has been unreachable since start (including the current outage).
     pub redis_down_seconds: f64,
+    /// Why Redis cannot be used, when it is for a reason other than a passing outage (`not_primary`,
+    /// `cluster_node`, `auth_refused`).
+    pub redis_unusable: Option<&'static str>,
+    /// Bookkeeping keys of the wrong type found under this service's prefix and removed.
+    pub redis_repaired_keys: u64,
+    /// Index members that named keys outside this keyspace, left alone.
+    pub redis_foreign_members: u64,
+    /// Reads that found an entry whose generations had ended (invalidated or evicted bookkeeping): misses.
+    pub redis_invalidated_reads: u64,
+    /// Times every entry became a miss because the Redis reached could not be shown to continue the data
+    /// this server verified (a restart, a snapshot, another instance).
+    pub redis_history_flushes: u64,
 }
 
 /// Why a backend could not serve a call.
@@ -161,6 +171,15 @@ pub enum BackendError {
         /// The tier.
         tier: &'static str,
         /// Its message.
+        reason: String,
+    },
+    /// An invalidation that could not reach the shared tier (Redis down or unusable): this replica's memory
+    /// tier was purged, but other replicas may still serve the old value. Retryable; never acknowledged.
+    #[error("the invalidation did not reach the shared store ({tier}): {reason}; retry it")]
+    NotShared {
+        /// The shared tier.
+        tier: &'static str,
+        /// Why.
         reason: String,
     },
     /// Anything else (a bug or an unexpected reply).

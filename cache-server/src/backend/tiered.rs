@@ -5,14 +5,14 @@
 //!   capped at the fallback TTL. Answers say so (`status = FALLBACK`, `tier = MEMORY`).
 //! - A write answered by memory during an outage also removes the key from Redis on recovery, so a read
 //!   after the outage never returns a value older than one this server acknowledged.
-//! - A write answered by memory during an outage also removes the key from Redis on recovery, so a read
-//!   after the outage never returns a value older than one this server acknowledged.
-//! - Invalidations always apply to memory; those that cannot reach Redis are remembered by [`Redis`] and
-//!   replayed before Redis serves reads again. The memory tier is emptied at each recovery, so it only ever
-//!   holds what was written during the current outage.
+//! - An invalidation always purges the memory tier, and is acknowledged only once applied to Redis: while
+//!   Redis cannot be reached it answers [`BackendError::NotShared`] (`UNAVAILABLE`: retry), because other
+//!   replicas still read Redis. The memory tier is emptied at each recovery, so it only ever holds what was
+//!   written during the current outage.
 //!
-//! Bound: replicas that fall back during the same outage cannot see each other's invalidations; a value
-//! another replica invalidated may be served by this one for at most the fallback TTL (default 60 s).
+//! Bound: replicas that fall back during the same outage cannot see each other's writes; a value written or
+//! invalidated on another replica during the outage may differ here for at most the fallback TTL (60 s by
+//! default). An acknowledged invalidation reached Redis, so no replica reads the old value from it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,7 +106,7 @@ impl Backend for Tiered {
         if outcome.stored {
             // Redis may hold an older value under this key: delete it on recovery, so that reads after the
             // outage never go back in time to a value older than one this server acknowledged.
-            self.redis.remember_uncertain(key).await;
+            self.redis.remember_write(key).await;
         }
         Ok(Stored {
             fallback: true,
@@ -116,7 +116,7 @@ impl Backend for Tiered {
 
     async fn invalidate(&self, target: &Target) -> Result<Removed, BackendError> {
         let from_memory = self.memory.invalidate(target).await?;
-        if self.redis.is_up() {
+        let reason = if self.redis.is_up() {
             match self.redis.invalidate(target).await {
                 Ok(n) => {
                     return Ok(if n.total() >= from_memory.total() {
@@ -126,12 +126,15 @@ impl Backend for Tiered {
                     });
                 }
                 Err(e) if !e.is_outage() => return Err(e),
-                Err(_) => {}
+                Err(e) => e.to_string(),
             }
-        }
-        self.redis.remember(target.clone()).await;
-        self.served_by_memory();
-        Ok(from_memory)
+        } else {
+            self.redis.unavailable_reason()
+        };
+        Err(BackendError::NotShared {
+            tier: "redis",
+            reason,
+        })
     }
 
     fn stats(&self) -> BackendStats {
@@ -158,6 +161,12 @@ impl Backend for Tiered {
 
     fn sweep_expired(&self) {
         self.memory.sweep_expired();
+    }
+
+    /// Serving from memory through a passing outage; not when Redis cannot be used at all (a replica, a
+    /// Cluster node, refused credentials): this replica would be a private cache, so it leaves rotation.
+    fn is_serving(&self) -> bool {
+        self.redis.unusable_reason().is_none()
     }
 
     async fn close(&self) {

@@ -105,7 +105,7 @@ settings! {
     config RedisConfig;
     table "redis";
     settings {
-        /// Redis URL, `redis://` or `rediss://` (wins over host/port/db/username/password)
+        /// Redis URL: `redis://`, `rediss://`, or `redis-sentinel://` / `rediss-sentinel://` with `?sentinelServiceName=` (wins over host/port/db/username/password)
         url: Secret = unset, env "REDIS_URL", flag "redis-url";
         /// Redis host
         host: String = "localhost", env "REDIS_HOST", flag "redis-host";
@@ -132,6 +132,10 @@ settings! {
             env "REDIS_RECONNECT_MAX_DELAY", flag "redis-reconnect-max-delay";
         /// TTL cap of entries written to memory while Redis is down (hybrid)
         fallback_ttl: HumanDuration = "60s", env "CACHE_FALLBACK_TTL", flag "fallback-ttl";
+        /// buckets (hash slots) the keyspace is spread over; every replica of a keyspace must agree
+        key_buckets: u32 = "16", env "REDIS_KEY_BUCKETS", flag "redis-key-buckets";
+        /// replicas that must acknowledge an invalidation (`WAIT`) before it is answered OK; 0: the primary's
+        wait_replicas: u32 = "0", env "REDIS_WAIT_REPLICAS", flag "redis-wait-replicas";
     }
 }
 
@@ -299,14 +303,26 @@ impl Config {
                 self.redis.pool_size
             ));
         }
+        if self.redis.key_buckets == 0 || self.redis.key_buckets > 16384 {
+            return invalid(format!(
+                "redis key_buckets {} must be between 1 and 16384",
+                self.redis.key_buckets
+            ));
+        }
         if self.redis.command_timeout.is_zero() || self.redis.connect_timeout.is_zero() {
             return invalid("redis timeouts must be positive".into());
         }
         if let Some(url) = &self.redis.url {
             let u = url.expose();
-            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            let schemes = [
+                "redis://",
+                "rediss://",
+                "redis-sentinel://",
+                "rediss-sentinel://",
+            ];
+            if !schemes.iter().any(|s| u.starts_with(s)) {
                 return invalid(format!(
-                    "redis url {} must start with redis:// or rediss://",
+                    "redis url {} must start with redis://, rediss://, redis-sentinel:// or rediss-sentinel://",
                     redact_url(u)
                 ));
             }

@@ -107,7 +107,7 @@ mod tests {
     use super::*;
 
     /// The document holding the configuration table, relative to this crate, and the heading above it.
-    const DOC: (&str, &str) = ("../README.md", "## Configuration");
+    const DOC: (&str, &str) = ("../docs/operations.md", "## Configuration");
 
     #[test]
     fn documented_table_matches_the_declarations() {

@@ -25,7 +25,7 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use super::BackendError;
+use crate::backend::BackendError;
 
 /// Runs one batch: one output per item, in order, or one error for the whole batch. Also given when the
 /// batch's oldest call was made, so that time spent queued counts against the calls' budget.

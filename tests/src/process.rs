@@ -1,0 +1,150 @@
+//! The release `cache-server` binary as a child process: for the cases a server inside the test process
+//! cannot show (SIGTERM and SIGKILL, descriptor limits, the binary's own start-up).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cache_proto::pb::cache_service_client::CacheServiceClient;
+use tonic::transport::Channel;
+
+use crate::{READY_TIMEOUT, connect_client, free_port};
+
+/// The `cache-server` binary next to this test binary (`<target>/<profile>/cache-server`), or
+/// `CACHE_SERVER_BIN`.
+///
+/// # Panics
+/// If it is not there: build it first (`cargo build --release -p cache-server`; `scripts/test` does).
+pub fn server_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CACHE_SERVER_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // <target>/<profile>/deps/<test binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in <target>/<profile>/deps");
+    let bin = profile_dir.join("cache-server");
+    assert!(
+        bin.exists(),
+        "{} not found: build it with `cargo build --release -p cache-server` (scripts/test does), or set CACHE_SERVER_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A `cache-server` child process on a free loopback port, killed on drop.
+#[derive(Debug)]
+pub struct ServerProcess {
+    addr: SocketAddr,
+    child: Option<tokio::process::Child>,
+    log: tempfile::NamedTempFile,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `env` (on top of a clean environment: only `PATH` and `HOME` are kept) and
+    /// `args`, listening on a free loopback port with Prometheus off, and waits until its port accepts
+    /// connections.
+    ///
+    /// # Panics
+    /// If it exits or does not listen within [`READY_TIMEOUT`].
+    pub async fn start(env: &[(&str, &str)], args: &[&str]) -> ServerProcess {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let mut cmd = tokio::process::Command::new(server_binary());
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+            .env("CACHE_LISTEN_ADDR", addr.to_string())
+            .env("CACHE_METRICS_LISTEN", "off")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("log file"))
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("spawn cache-server");
+        let mut server = ServerProcess {
+            addr,
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("cache-server exited early ({status}): {}", server.log());
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cache-server did not listen on {addr}: {}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A new client on a new connection.
+    pub async fn client(&self) -> CacheServiceClient<Channel> {
+        connect_client(self.addr).await
+    }
+
+    /// Its stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Sends `signal` (`-TERM`, `-KILL`, `-STOP`, ...) to it.
+    ///
+    /// # Panics
+    /// If it is not running or `kill` fails.
+    pub fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .expect("cache-server is running");
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
+    /// Waits for it to exit, at most `within`; returns its exit code (`None` if killed by a signal).
+    ///
+    /// # Panics
+    /// If it does not exit in time.
+    pub async fn wait(&mut self, within: Duration) -> Option<i32> {
+        let child = self.child.as_mut().expect("cache-server was started");
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("cache-server did not exit within {within:?}"))
+            .expect("wait for cache-server");
+        self.child = None;
+        status.code()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}

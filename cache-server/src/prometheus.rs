@@ -167,7 +167,7 @@ impl Collector for Scrape {
 
         let logical = m.logical_bytes.load(Relaxed);
         let stored = m.stored_bytes.load(Relaxed);
-        let counters: [(&str, &str, f64); 9] = [
+        let counters: [(&str, &str, f64); 13] = [
             (
                 "cache_logical_bytes",
                 "Logical bytes of all values stored.",
@@ -210,8 +210,28 @@ impl Collector for Scrape {
             ),
             (
                 "cache_invalidations_replayed",
-                "Invalidations remembered during outages and applied to Redis after.",
+                "Invalidations applied again after a failover whose new primary may have missed them.",
                 s.invalidations_replayed as f64,
+            ),
+            (
+                "cache_redis_invalidated_reads",
+                "Reads that found an entry whose generation had ended (invalidated or evicted bookkeeping): misses.",
+                s.redis_invalidated_reads as f64,
+            ),
+            (
+                "cache_redis_repaired_keys",
+                "Keys of the wrong type under this service's prefix, removed.",
+                s.redis_repaired_keys as f64,
+            ),
+            (
+                "cache_redis_foreign_members",
+                "Index members naming keys outside this keyspace, left alone.",
+                s.redis_foreign_members as f64,
+            ),
+            (
+                "cache_redis_history_flushes",
+                "Times every entry became a miss because Redis' data could not be shown to continue.",
+                s.redis_history_flushes as f64,
             ),
         ];
         for (name, help, value) in counters {
@@ -271,6 +291,17 @@ impl Collector for Scrape {
                 None,
                 MetricType::Gauge,
             )?)?;
+        }
+        // 1 for the reason Redis cannot be used, when it cannot (a degraded server an operator must fix).
+        let mut family = out.encode_descriptor(
+            "cache_redis_unusable",
+            "1 while Redis answers but cannot serve this service, by reason (not_primary, cluster_node, auth_refused).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for reason in ["not_primary", "cluster_node", "auth_refused"] {
+            ConstGauge::new(f64::from(u8::from(s.redis_unusable == Some(reason))))
+                .encode(family.encode_family(&[("reason", reason)])?)?;
         }
         Ok(())
     }

@@ -502,6 +502,17 @@ impl Inner {
             errors_by_code: errors_by_code(&|code| m.errors_with(code)),
             rpcs,
             redis_down_seconds: stats.redis_down_seconds,
+            redis_state: match (memory_mode, stats.redis_unusable, stats.redis_connected) {
+                (true, ..) => String::new(),
+                (false, Some(_), _) => "unusable".to_owned(),
+                (false, None, true) => "up".to_owned(),
+                (false, None, false) => "outage".to_owned(),
+            },
+            redis_unusable_reason: stats.redis_unusable.unwrap_or_default().to_owned(),
+            redis_invalidated_reads: stats.redis_invalidated_reads,
+            redis_repaired_keys: stats.redis_repaired_keys,
+            redis_foreign_members: stats.redis_foreign_members,
+            redis_history_flushes: stats.redis_history_flushes,
         }
     }
 }

@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
 
 pub mod fault_proxy;
+pub mod history;
 pub mod process;
 pub mod sentinel;
 

@@ -39,6 +39,8 @@ pub fn server_binary() -> PathBuf {
 #[derive(Debug)]
 pub struct ServerProcess {
     addr: SocketAddr,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
     child: Option<tokio::process::Child>,
     log: tempfile::NamedTempFile,
 }
@@ -52,8 +54,36 @@ impl ServerProcess {
     /// If it exits or does not listen within [`READY_TIMEOUT`].
     pub async fn start(env: &[(&str, &str)], args: &[&str]) -> ServerProcess {
         let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
-        let log = tempfile::NamedTempFile::new().expect("log file");
+        let mut server = ServerProcess {
+            addr: format!("127.0.0.1:{port}").parse().expect("address"),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            child: None,
+            log: tempfile::NamedTempFile::new().expect("log file"),
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// Starts it again (after it exited or was killed) with the same settings, on the same address, and
+    /// waits until its port accepts connections; its log continues in the same file.
+    ///
+    /// # Panics
+    /// If it is still running, or does not come up.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "cache-server is still running");
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let addr = self.addr;
+        let stderr = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.log.path())
+            .expect("log file");
         let mut cmd = tokio::process::Command::new(server_binary());
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -61,34 +91,29 @@ impl ServerProcess {
             .env("CACHE_LISTEN_ADDR", addr.to_string())
             .env("CACHE_METRICS_LISTEN", "off")
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log.reopen().expect("log file"))
+            .stderr(stderr)
             .kill_on_drop(true);
-        let child = cmd.spawn().expect("spawn cache-server");
-        let mut server = ServerProcess {
-            addr,
-            child: Some(child),
-            log,
-        };
+        self.child = Some(cmd.spawn().expect("spawn cache-server"));
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = server
+            if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("cache-server exited early ({status}): {}", server.log());
+                panic!("cache-server exited early ({status}): {}", self.log());
             }
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return server;
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "cache-server did not listen on {addr}: {}",
-                server.log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -132,8 +132,8 @@ settings! {
             env "REDIS_RECONNECT_MAX_DELAY", flag "redis-reconnect-max-delay";
         /// TTL cap of entries written to memory while Redis is down (hybrid)
         fallback_ttl: HumanDuration = "60s", env "CACHE_FALLBACK_TTL", flag "fallback-ttl";
-        /// buckets (hash slots) the keyspace is spread over; every replica of a keyspace must agree
-        key_buckets: u32 = "16", env "REDIS_KEY_BUCKETS", flag "redis-key-buckets";
+        /// buckets (hash slots) the keyspace is spread over: 1 for one Redis, more to spread over a Cluster's masters; every replica of a keyspace must agree
+        key_buckets: u32 = "1", env "REDIS_KEY_BUCKETS", flag "redis-key-buckets";
         /// replicas that must acknowledge an invalidation (`WAIT`) before it is answered OK; 0: the primary's
         wait_replicas: u32 = "0", env "REDIS_WAIT_REPLICAS", flag "redis-wait-replicas";
     }

@@ -13,13 +13,14 @@
 //! may land late). Their keys are deleted from Redis before it serves reads again.
 //!
 //! Continuity. Redis' replication ids tell whether the data of the Redis now reached continues the data this
-//! server last verified: the same `master_replid` (the same process), or a promoted replica whose
-//! `master_replid2` is the old one and whose history reaches past every invalidation this server
-//! acknowledged (checked against `master_repl_offset` samples taken every second). Invalidations acknowledged
-//! after the last sample the new primary covers are applied again from a bounded journal. Anything else (a
-//! restart, possibly from an older snapshot; a different Redis) ends every generation of every bucket: the
-//! whole cache becomes misses at the cost of a few commands. A server that starts fresh compares each
-//! bucket's marker (the replication id it was last verified on) instead.
+//! server last verified: the same `master_replid` (the same process), or one whose `master_replid2` is the
+//! old id — a promoted replica, or a primary restarted from its own snapshot (Redis 7 marks both so) — and
+//! whose `second_repl_offset` tells how much of the old history it holds, checked against
+//! `master_repl_offset` samples taken every second. Invalidations acknowledged after the last sample it
+//! covers are applied again from a bounded journal; if the journal lost one, or no sample is covered, that is
+//! unknown. Anything unknown (a restart without history; a different Redis) ends every generation of every
+//! bucket: the whole cache becomes misses at the cost of a few commands. A server that starts fresh compares
+//! each bucket's marker (the replication id it was last verified on) with the current id instead.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -196,16 +197,14 @@ impl Outage {
     pub fn journal(&self, target: &Target) {
         let mut h = self.history.lock();
         let now = Instant::now();
-        while h
-            .journal
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > JOURNAL_AGE)
+        // A dropped invalidation cannot be replayed: a failover whose new primary lacks writes from before
+        // its acknowledgement can then no longer be repaired by a replay (see `continuity`).
+        while let Some((t, _)) = h.journal.front()
+            && (now.duration_since(*t) > JOURNAL_AGE || h.journal.len() >= JOURNAL_LEN)
         {
+            let t = *t;
             h.journal.pop_front();
-        }
-        if h.journal.len() >= JOURNAL_LEN {
-            h.journal.pop_front();
-            h.truncated_at = Some(now);
+            h.truncated_at = Some(h.truncated_at.map_or(t, |lost| lost.max(t)));
         }
         h.journal.push_back((now, target.clone()));
     }
@@ -408,6 +407,8 @@ impl Redis {
             Continuity::Fresh => self.check_markers(&info).await?,
         }
         self.write_markers(&info.replid).await?;
+        self.call(self.scripts.load_all(self.conn.pool.next()))
+            .await?;
         {
             let mut h = self.outage.history.lock();
             h.replid = Some(info.replid.clone());
@@ -418,8 +419,9 @@ impl Redis {
         self.finish_recovery().await
     }
 
-    /// A fresh server: each bucket's marker must name this Redis (or the history it continues); a bucket
-    /// whose marker does not (a restart from a snapshot, an evicted marker, a new Redis) ends its generations.
+    /// A fresh server: each bucket's marker must name this Redis' replication id; a bucket whose marker does
+    /// not (a restart, possibly from a snapshot; a failover not yet verified by a running server; an
+    /// evicted marker; a new Redis) ends its generations.
     async fn check_markers(&self, info: &Replication) -> Result<(), BackendError> {
         let base = self.keyspace.base().to_owned();
         let mut stale = Vec::new();
@@ -432,8 +434,10 @@ impl Redis {
                     BackendError::Internal { .. } => Ok(None),
                     e => Err(e),
                 })?;
-            let known =
-                marker.is_some_and(|m| m == info.replid || (m == info.replid2 && !m.is_empty()));
+            // Only the same replication id vouches for the data. A `master_replid2` naming the marker's id
+            // is either a promoted replica or a primary restarted from its own snapshot (Redis 7 keeps the
+            // old id then): a fresh server has no history to tell them apart, so it ends the generations.
+            let known = marker.is_some_and(|m| m == info.replid);
             if !known {
                 stale.push(b);
             }

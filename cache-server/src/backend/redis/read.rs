@@ -7,15 +7,20 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fred::prelude::*;
 use fred::types::Value;
+use futures::StreamExt as _;
 
 use super::layout::{EntryKeys, Pointer, meta_reads, snapshot_matches};
 use super::{Redis, TIER};
 use crate::backend::{BackendError, Hit, TierKind, now_ms};
 use crate::keys::Key;
 
+/// A large value's blob is read in ranges of this many bytes.
+const BLOB_CHUNK: u64 = 1 << 20;
+/// Ranges of one blob requested at a time.
+const CHUNKS_IN_FLIGHT: usize = 4;
 /// How often the bulk pool's watchdog pings Redis while a large value is in flight.
 const WATCHDOG_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -129,17 +134,45 @@ impl Redis {
     }
 
     /// A large value's blob, if it is the version the pointer names (an overwrite may have replaced it).
+    ///
+    /// Read in [`BLOB_CHUNK`] ranges, at most [`CHUNKS_IN_FLIGHT`] at a time: Redis copies a reply into its
+    /// output buffer in one go, so one `GET` of 64 MiB holds its event loop ~40 ms (and pipelined ones add
+    /// up), while a range of 1 MiB holds it well under a millisecond: other clients' commands interleave.
     async fn read_blob(&self, blob: &str, pointer: Pointer) -> Result<Option<Bytes>, BackendError> {
         let client = self.conn.bulk.next();
         let budget = self.conn.bulk_budget(pointer.len);
         let options = Self::fail_fast_within(budget);
         let with = client.with_options(&options);
-        let fut = Box::pin(with.get::<Value, _>(blob));
+        let total = pointer.len + 8;
+        let version = pointer.version.to_le_bytes();
+        let fut = async {
+            let mut out = BytesMut::with_capacity(total as usize);
+            let mut ranges =
+                futures::stream::iter((0..total).step_by(BLOB_CHUNK as usize).map(|start| {
+                    let end = (start + BLOB_CHUNK).min(total) - 1;
+                    let range =
+                        Box::pin(with.getrange::<Value, _>(blob, start as usize, end as usize));
+                    async move { range.await.map(|v| (bytes_of(v), end + 1 - start)) }
+                }))
+                .buffered(CHUNKS_IN_FLIGHT);
+            while let Some(range) = ranges.next().await {
+                match range? {
+                    (Some(part), len) if part.len() as u64 == len => out.extend_from_slice(&part),
+                    // Gone or replaced (shorter) meanwhile.
+                    _ => return Ok(None),
+                }
+            }
+            if total > BLOB_CHUNK {
+                // Replaced by a blob as long meanwhile: its version differs (each Set has its own).
+                let head = with.getrange::<Value, _>(blob, 0, 7).await?;
+                if bytes_of(head).as_deref() != Some(&version[..]) {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(out.freeze()))
+        };
         let value = self.bulk(pointer.len, budget, fut).await?;
-        Ok(bytes_of(value).and_then(|b| {
-            (b.len() as u64 == pointer.len + 8 && b[..8] == pointer.version.to_le_bytes())
-                .then(|| b.slice(8..))
-        }))
+        Ok(value.and_then(|b| (b[..8] == version).then(|| b.slice(8..))))
     }
 
     /// Runs a large value's command within `budget`, counting its bytes as in flight on the bulk pool, while

@@ -99,6 +99,24 @@ pub(super) struct Scripts {
     pub flush: Lua,
 }
 
+impl Scripts {
+    /// Loads every script into Redis' script cache, so that the first calls after a (re)connection do not
+    /// all answer `NOSCRIPT` and go twice.
+    pub async fn load_all(&self, client: &Client) -> Result<(), Error> {
+        for lua in [
+            &self.set,
+            &self.set_nx,
+            &self.delete,
+            &self.drain,
+            &self.filter,
+            &self.flush,
+        ] {
+            lua.script.load(client).await?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for Scripts {
     fn default() -> Self {
         Self {

@@ -19,8 +19,9 @@ local function dim(d)
   if s then return s end
   local gen, index = KEYS[2 * d - 1], KEYS[2 * d]
   local token = get_string(gen)
+  local indexed = has_zset(index)
   local created = false
-  if not token or not has_zset(index) then
+  if not token or not indexed then
     fresh = fresh + 1
     token = seed .. string.format('%04x', fresh)
     created = true

@@ -439,6 +439,7 @@ fn needs_escape(c: char) -> bool {
 }
 
 /// Appends `component` percent-escaped as in rendered keys (`%`, `:`, glob characters, braces, space).
+// Hand-written, not `percent-encoding`: that crate always escapes non-ASCII bytes, which would change stored keys.
 pub fn escape_into(out: &mut String, component: &str) {
     if !component.chars().any(needs_escape) {
         out.push_str(component);
@@ -831,6 +832,37 @@ mod tests {
             )
             .unwrap();
         assert_eq!(&*k.storage_key, "cache:default:object:a%3Ab%2Ac%25d");
+    }
+
+    /// Escaped components are part of every stored key: these bytes must never change. Non-ASCII text is
+    /// kept as is (a `percent-encoding` `AsciiSet` would escape every non-ASCII byte, e.g. `é` to `%C3%A9`).
+    #[test]
+    fn escaped_components_are_fixed() {
+        let cases = [
+            ("a:b", "a%3Ab"),
+            ("a b", "a%20b"),
+            ("a*b", "a%2Ab"),
+            ("100%", "100%25"),
+            ("{tag}", "%7Btag%7D"),
+            ("?[]\\", "%3F%5B%5D%5C"),
+            ("%3A", "%253A"),
+            ("é", "é"),
+            ("日本", "日本"),
+            ("😀", "😀"),
+            ("ü:é %7B", "ü%3Aé%20%257B"),
+            ("plain-id_1.2", "plain-id_1.2"),
+            ("~!@#$^&()+=,;'\"<>/|`", "~!@#$^&()+=,;'\"<>/|`"),
+        ];
+        for (component, escaped) in cases {
+            let mut out = String::from("x:");
+            escape_into(&mut out, component);
+            assert_eq!(out, format!("x:{escaped}"), "{component:?}");
+            assert_eq!(unescape(escaped).as_deref(), Some(component), "{escaped:?}");
+        }
+        assert_eq!(
+            Keyspace::new("ca:che", "d e{f}").base(),
+            "ca%3Ache:d%20e%7Bf%7D:"
+        );
     }
 
     #[test]

@@ -599,6 +599,7 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 // Decoding uses the prost-derived messages below. Encoding is written out by hand so that
 // it goes straight from `&Header` into the envelope buffer, without cloning the strings
 // into a message first; the tests check it is byte-for-byte what prost produces.
+// Kept hand-written: a prost-derived encoder would need an owned message (cloning every header string per Set).
 
 /// The header message, as decoded.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -805,6 +806,91 @@ mod tests {
     fn full_decode(stored: Bytes, policy: &CompressionPolicy) -> Result<Bytes, CodecError> {
         let env = decode(stored)?;
         decompress(env.codec, &env.payload, env.header.size_bytes, policy)
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Headers with every field at a default, at a varint boundary, with one- and two-byte lengths, empty
+    /// and non-ASCII strings and empty metadata pairs, each with a codec and a payload.
+    fn representative_envelopes() -> Vec<(&'static str, Header, Codec, Vec<u8>)> {
+        let long = "x".repeat(130);
+        vec![
+            ("empty", Header::default(), Codec::None, Vec::new()),
+            ("typical", sample_header(5), Codec::None, b"hello".to_vec()),
+            (
+                "extremes",
+                Header {
+                    created_at_ms: u64::MAX,
+                    expires_at_ms: 127,
+                    size_bytes: 128,
+                    content_type: long.clone(),
+                    model_hash: String::new(),
+                    metadata: vec![(long, "é".into()), (String::new(), String::new())],
+                    export_options_json: String::new(),
+                },
+                Codec::Zstd,
+                vec![0x28, 0xb5, 0x2f, 0xfd],
+            ),
+            (
+                "gzip",
+                Header {
+                    size_bytes: 3,
+                    content_type: "text/plain".into(),
+                    ..Header::default()
+                },
+                Codec::Gzip,
+                vec![0x1f, 0x8b, 8],
+            ),
+        ]
+    }
+
+    /// The bytes the envelope encoder has always produced for [`representative_envelopes`] (stored values
+    /// must stay readable across releases), as `(name, header, envelope)` in hex.
+    fn fixed_vectors() -> Vec<(&'static str, String, String)> {
+        let x130 = "78".repeat(130);
+        vec![
+            (
+                "empty",
+                "".to_owned(),
+                "ca6345760100000000000fcf4cc6000000000000000000000000".to_owned(),
+            ),
+            (
+                "typical",
+                "08fbd095ffbc3110bba0baffbc31180522106170706c69636174696f6e2f6a736f6e2a177368613235363a6162636465663031323334353637383932090a047a65746112013132070a05616c70686132041202c3bc3a1c7b22666f726d6174223a226f6e6e78222c226f70736574223a31377d".to_owned(),
+                "ca634576010073000000b173e1f84cbb719a050000000000000008fbd095ffbc3110bba0baffbc31180522106170706c69636174696f6e2f6a736f6e2a177368613235363a6162636465663031323334353637383932090a047a65746112013132070a05616c70686132041202c3bc3a1c7b22666f726d6174223a226f6e6e78222c226f70736574223a31377d68656c6c6f".to_owned(),
+            ),
+            (
+                "extremes",
+                ["08ffffffffffffffffff01107f188001228201", &x130, "3289010a8201", &x130, "1202c3a93200"].concat(),
+                ["ca6345760102230100004f55ca444a31ec9c040000000000000008ffffffffffffffffff01107f188001228201", &x130, "3289010a8201", &x130, "1202c3a9320028b52ffd"].concat(),
+            ),
+            (
+                "gzip",
+                "1803220a746578742f706c61696e".to_owned(),
+                "ca63457601010e000000fcfc6f494b4d8e8403000000000000001803220a746578742f706c61696e1f8b08".to_owned(),
+            ),
+        ]
+    }
+
+    #[test]
+    fn envelope_bytes_are_fixed() {
+        let vectors = fixed_vectors();
+        for ((name, header, codec, payload), (vname, header_hex, envelope_hex)) in
+            representative_envelopes().into_iter().zip(vectors)
+        {
+            assert_eq!(name, vname);
+            let mut header_bytes = Vec::new();
+            write_header(&header, &mut header_bytes);
+            assert_eq!(hex(&header_bytes), header_hex, "{name} header");
+            let envelope = encode(&header, codec, &payload);
+            assert_eq!(hex(&envelope), envelope_hex, "{name} envelope");
+            let decoded = decode(envelope).expect(name);
+            assert_eq!(decoded.header, header, "{name}");
+            assert_eq!(decoded.codec, codec, "{name}");
+            assert_eq!(&decoded.payload[..], &payload[..], "{name}");
+        }
     }
 
     #[test]

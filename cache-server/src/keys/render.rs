@@ -14,7 +14,7 @@ fn needs_escape(c: char) -> bool {
 }
 
 /// Appends `component` percent-escaped as in rendered keys (`%`, `:`, glob characters, braces, space).
-// Hand-written, not `percent-encoding`: that crate always escapes non-ASCII bytes, which would change stored keys.
+// Hand-written, not `percent-encoding`: that crate always escapes non-ASCII bytes (stored keys would change).
 pub fn escape_into(out: &mut String, component: &str) {
     if !component.chars().any(needs_escape) {
         out.push_str(component);

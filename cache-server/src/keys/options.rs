@@ -1,0 +1,142 @@
+//! Export options: their canonical JSON, the MD5 of it that rendered export keys carry, and the way back to a
+//! `Struct`.
+
+use std::fmt::Write as _;
+
+use md5::{Digest as _, Md5};
+
+/// Lower-case hex MD5 of `bytes` (32 digits).
+pub fn md5_hex(bytes: &[u8]) -> String {
+    let digest: [u8; 16] = Md5::digest(bytes).into();
+    let mut out = String::with_capacity(32);
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Canonical JSON of export options: object keys sorted, integral numbers without a fraction (`1`, never
+/// `1.0`), other numbers in Rust's shortest round-trip form, no whitespace. Absent and empty options are both
+/// `{}`. Non-finite numbers are refused.
+pub fn canonical_options_json(options: Option<&prost_types::Struct>) -> Result<String, String> {
+    let mut out = String::new();
+    match options {
+        Some(s) => write_struct(&mut out, s)?,
+        None => out.push_str("{}"),
+    }
+    Ok(out)
+}
+
+fn write_struct(out: &mut String, s: &prost_types::Struct) -> Result<(), String> {
+    out.push('{');
+    // prost_types::Struct keeps its fields in a BTreeMap: iteration is already sorted by key.
+    for (i, (k, v)) in s.fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_json_string(out, k);
+        out.push(':');
+        write_value(out, v)?;
+    }
+    out.push('}');
+    Ok(())
+}
+
+fn write_value(out: &mut String, v: &prost_types::Value) -> Result<(), String> {
+    use prost_types::value::Kind;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => out.push_str("null"),
+        Some(Kind::BoolValue(b)) => out.push_str(if *b { "true" } else { "false" }),
+        Some(Kind::NumberValue(n)) => {
+            if !n.is_finite() {
+                return Err("numbers must be finite".to_owned());
+            }
+            if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
+                let _ = write!(out, "{}", *n as i64);
+            } else {
+                let _ = write!(out, "{n}");
+            }
+        }
+        Some(Kind::StringValue(s)) => write_json_string(out, s),
+        Some(Kind::StructValue(s)) => write_struct(out, s)?,
+        Some(Kind::ListValue(l)) => {
+            out.push('[');
+            for (i, item) in l.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_value(out, item)?;
+            }
+            out.push(']');
+        }
+    }
+    Ok(())
+}
+
+fn write_json_string(out: &mut String, s: &str) {
+    out.push_str(&serde_json::to_string(s).expect("serializing a str cannot fail"));
+}
+
+/// Converts canonical options JSON back to a `Struct` for `CacheEntry.export_options`.
+pub fn options_struct(options_json: &str) -> Option<prost_types::Struct> {
+    if options_json.is_empty() {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(options_json).ok()?;
+    match json_to_value(value).kind {
+        Some(prost_types::value::Kind::StructValue(s)) => Some(s),
+        _ => None,
+    }
+}
+
+pub(super) fn json_to_value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use cache_proto::pb;
+
+    use super::*;
+    use crate::keys::test_support::{key, ks, options};
+
+    #[test]
+    fn options_hash_ignores_field_order_and_number_format() {
+        let a = options(serde_json::json!({"b": 1, "a": {"y": [1.0, "x"], "x": true}}));
+        let b = options(serde_json::json!({"a": {"x": true, "y": [1, "x"]}, "b": 1.0}));
+        assert_eq!(
+            canonical_options_json(Some(&a)).unwrap(),
+            canonical_options_json(Some(&b)).unwrap()
+        );
+        assert_eq!(
+            canonical_options_json(Some(&a)).unwrap(),
+            r#"{"a":{"x":true,"y":[1,"x"]},"b":1}"#
+        );
+        let c = options(serde_json::json!({"b": 2}));
+        assert_ne!(
+            canonical_options_json(Some(&a)).unwrap(),
+            canonical_options_json(Some(&c)).unwrap()
+        );
+        let mut k1 = key(pb::CacheType::ExportResult, "o", "ifc", "", "");
+        k1.options = Some(a);
+        let mut k2 = k1.clone();
+        k2.options = Some(b);
+        assert_eq!(
+            ks().key(Some(&k1), "key").unwrap().storage_key,
+            ks().key(Some(&k2), "key").unwrap().storage_key
+        );
+    }
+}

@@ -144,6 +144,24 @@ impl Sentinel {
         }
     }
 
+    /// Waits until the primary has `n` replicas online (a demoted primary takes Sentinel ~10 s to turn into
+    /// a replica; the others follow the new primary at once).
+    pub async fn wait_online_replicas(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let info = self.primary().cli(["INFO", "replication"]);
+            let online = info
+                .lines()
+                .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                .count();
+            if online >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replicas not online: {info}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Asks Sentinel for a failover now (no node is killed: the old primary becomes a replica).
     ///
     /// # Panics

@@ -66,6 +66,12 @@ pub(super) struct Conn {
     pub pool: Pool,
     /// Large values.
     pub bulk: Pool,
+    /// Invalidations' own connection when they `WAIT` for replicas (`wait_replicas` > 0): `WAIT` blocks
+    /// its connection, which must not hold the Gets pipelined on the main pool.
+    pub waits: Option<Pool>,
+    /// The Sentinels a `redis-sentinel://` URL names, asked who the primary is: a promotion must be followed
+    /// even while the old primary still answers as one.
+    pub sentinels: Option<Sentinels>,
     /// The command budget.
     pub budget: Duration,
     /// TLS settings shared with the transaction connection, when Redis is reached over TLS.
@@ -202,18 +208,26 @@ impl Conn {
         let pool = build(config.pool_size, connection.clone())?;
         // The bulk pool's commands carry their own, size-aware timeouts; a connection busy with a large
         // transfer is not unresponsive.
-        let bulk = build(
-            BULK_POOL_SIZE,
-            ConnectionConfig {
-                unresponsive: UnresponsiveConfig::default(),
-                ..connection
-            },
-        )?;
+        let unchecked = ConnectionConfig {
+            unresponsive: UnresponsiveConfig::default(),
+            ..connection
+        };
+        let bulk = build(BULK_POOL_SIZE, unchecked.clone())?;
+        let sentinels = Sentinels::from_config(&fred_config, &performance, &unchecked, &policy);
+        let waits = match config.wait_replicas {
+            0 => None,
+            _ => Some(build(1, unchecked)?),
+        };
         let _ = pool.connect_pool();
         let _ = bulk.connect_pool();
+        if let Some(waits) = &waits {
+            let _ = waits.connect_pool();
+        }
         Ok(Self {
             pool,
             bulk,
+            waits,
+            sentinels,
             budget,
             tls,
             target: config.display_target(),
@@ -401,5 +415,82 @@ mod tests {
         );
         assert_eq!(Unusable::of_reply("ERR unknown command"), None);
         assert_eq!(Unusable::of_reply("OOM command not allowed"), None);
+    }
+}
+
+/// The Sentinels of a `redis-sentinel://` URL and the service they watch.
+pub struct Sentinels {
+    service: String,
+    clients: Vec<fred::clients::SentinelClient>,
+}
+
+impl std::fmt::Debug for Sentinels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sentinels")
+            .field("service", &self.service)
+            .field("count", &self.clients.len())
+            .finish()
+    }
+}
+
+impl Sentinels {
+    /// A client per Sentinel the configuration names (connecting in the background), if it names any.
+    fn from_config(
+        config: &Config,
+        performance: &PerformanceConfig,
+        connection: &ConnectionConfig,
+        policy: &ReconnectPolicy,
+    ) -> Option<Self> {
+        let ServerConfig::Sentinel {
+            hosts,
+            service_name,
+            username,
+            password,
+        } = &config.server
+        else {
+            return None;
+        };
+        let clients = hosts
+            .iter()
+            .map(|host| {
+                let client = fred::clients::SentinelClient::new(
+                    fred::types::config::SentinelConfig {
+                        host: host.host.to_string(),
+                        port: host.port,
+                        username: username.clone(),
+                        password: password.clone(),
+                        tls: config.tls.clone(),
+                        ..Default::default()
+                    },
+                    Some(performance.clone()),
+                    Some(connection.clone()),
+                    Some(policy.clone()),
+                );
+                let _ = client.connect();
+                client
+            })
+            .collect();
+        Some(Self {
+            service: service_name.clone(),
+            clients,
+        })
+    }
+
+    /// The primary's address as the first Sentinel that answers within `budget` names it.
+    pub async fn primary(&self, budget: Duration) -> Option<(String, u16)> {
+        for client in &self.clients {
+            let asked = tokio::time::timeout(
+                budget,
+                client.get_master_addr_by_name::<Vec<String>, _>(self.service.as_str()),
+            )
+            .await;
+            if let Ok(Ok(addr)) = asked
+                && let [host, port] = addr.as_slice()
+                && let Ok(port) = port.parse()
+            {
+                return Some((host.clone(), port));
+            }
+        }
+        None
     }
 }

@@ -58,8 +58,42 @@ impl Redis {
 
     /// Applies an invalidation to Redis (see the module's documentation).
     pub(super) async fn apply(&self, target: &Target) -> Result<Removed, BackendError> {
-        let client = self.conn.pool.next().clone();
-        let removed = match target {
+        let client = self.invalidation_client();
+        let removed = self.apply_on(&client, target).await?;
+        self.wait_for_replicas(&client).await?;
+        Ok(removed)
+    }
+
+    /// Applies `targets` again (a failover's replay): several at a time over one connection, each once,
+    /// then one `WAIT` for all of them. A new primary's replicas may take seconds to follow it: the `WAIT`
+    /// is best effort, since the replay only has to reach the primary before it serves (the server keeps its
+    /// journal, so a failover before the replicas caught up is replayed, or ends the generations, again).
+    pub(super) async fn replay(&self, targets: &[Target]) -> Result<(), BackendError> {
+        const AT_ONCE: usize = 16;
+        let client = self.invalidation_client();
+        let mut seen = std::collections::HashSet::new();
+        let mut distinct: Vec<&Target> = Vec::with_capacity(targets.len());
+        for target in targets {
+            if seen.insert(format!("{target:?}")) {
+                distinct.push(target);
+            }
+        }
+        for chunk in distinct.chunks(AT_ONCE) {
+            let mut applied = Vec::with_capacity(chunk.len());
+            for target in chunk {
+                applied.push(Box::pin(self.apply_on(&client, target)));
+            }
+            futures::future::try_join_all(applied).await?;
+        }
+        if let Err(e) = self.wait_for_replicas(&client).await {
+            tracing::warn!(redis = %self.conn.target, error = %e, "replayed invalidations not yet on the new primary's replicas");
+        }
+        Ok(())
+    }
+
+    async fn apply_on(&self, client: &Client, target: &Target) -> Result<Removed, BackendError> {
+        let client = client.clone();
+        Ok(match target {
             Target::Key(key) => {
                 let keys = self.layout.entry_keys(self.keyspace.base(), key);
                 self.delete_on(&client, keys.bucket, vec![keys.entry])
@@ -68,9 +102,16 @@ impl Redis {
             Target::Selector(s) => self.invalidate_selector(&client, s).await?,
             Target::Pattern(p) => self.invalidate_pattern(&client, p).await?,
             Target::All => self.invalidate_all(&client).await?,
-        };
-        self.wait_for_replicas(&client).await?;
-        Ok(removed)
+        })
+    }
+
+    /// The connection an invalidation's commands and its `WAIT` go over (one, as `WAIT` measures one
+    /// connection's writes): its own when it waits for replicas, since `WAIT` blocks it.
+    fn invalidation_client(&self) -> Client {
+        match &self.conn.waits {
+            Some(waits) => waits.next().clone(),
+            None => self.conn.pool.next().clone(),
+        }
     }
 
     /// `WAIT` for the configured replicas: an invalidation they did not acknowledge is not acknowledged.
@@ -89,8 +130,13 @@ impl Redis {
             Value::from(i64::from(wanted)),
             Value::from(budget.as_millis() as i64),
         ];
+        // The command's own timeout covers WAIT's (the pool's default is the budget itself).
+        let options = Options {
+            timeout: Some(budget * 2),
+            ..Options::default()
+        };
         let acked: i64 = self
-            .call_within(budget * 2, client.custom(WAIT, args))
+            .call_within(budget * 2, client.with_options(&options).custom(WAIT, args))
             .await?;
         if acked < i64::from(wanted) {
             return Err(BackendError::Unavailable {
@@ -109,7 +155,7 @@ impl Redis {
         bucket: u32,
         entries: Vec<String>,
     ) -> Result<Removed, BackendError> {
-        let client = self.conn.pool.next().clone();
+        let client = self.invalidation_client();
         self.delete_on(&client, bucket, entries).await
     }
 
@@ -172,7 +218,7 @@ impl Redis {
         &self,
         buckets: Option<&[u32]>,
     ) -> Result<(), BackendError> {
-        let client = self.conn.pool.next().clone();
+        let client = self.invalidation_client();
         let all: Vec<u32> = (0..self.layout.buckets()).collect();
         for &b in buckets.unwrap_or(&all) {
             let prefix = self.layout.bucket_prefix(self.keyspace.base(), b);

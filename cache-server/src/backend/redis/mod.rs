@@ -317,5 +317,8 @@ impl Backend for Redis {
         self.flush_reads().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.conn.pool.quit()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.conn.bulk.quit()).await;
+        if let Some(waits) = &self.conn.waits {
+            let _ = tokio::time::timeout(Duration::from_secs(1), waits.quit()).await;
+        }
     }
 }

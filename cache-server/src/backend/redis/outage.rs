@@ -365,6 +365,9 @@ impl Redis {
     /// keys, and only then marks the tier up.
     pub(super) async fn verify_and_recover(&self) -> Result<(), BackendError> {
         let _: String = self.call(self.fast().ping(None)).await?;
+        if !self.follows_sentinel().await {
+            return Err(self.unavailable());
+        }
         let info = self.replication().await?;
         if info.cluster {
             self.mark_unusable(
@@ -380,8 +383,10 @@ impl Redis {
                 tokio::time::timeout(self.conn.budget, self.conn.pool.force_reconnection()).await;
             return Err(self.unavailable());
         }
-        match self.continuity(&info) {
-            Continuity::Same => {}
+        // What of the history survives: the journal whenever the data continues (a later failover may still
+        // need its invalidations), the offset samples only on the same primary.
+        let (keep_journal, keep_samples) = match self.continuity(&info) {
+            Continuity::Same => (true, true),
             Continuity::ReplaySince(since) => {
                 let targets: Vec<Target> = self
                     .outage
@@ -392,29 +397,36 @@ impl Redis {
                     .filter(|(t, _)| *t >= since)
                     .map(|(_, target)| target.clone())
                     .collect();
-                for target in &targets {
-                    self.apply(target).await?;
-                }
+                self.replay(&targets).await?;
                 self.outage
                     .replayed
                     .fetch_add(targets.len() as u64, Ordering::Relaxed);
                 tracing::warn!(redis = %self.conn.target, replayed = targets.len(), "failover: the new primary may lack recent invalidations; applied them again");
+                (true, false)
             }
             Continuity::Unknown => {
                 self.end_every_generation(None).await?;
                 tracing::warn!(redis = %self.conn.target, "redis history changed (restart, snapshot or another instance): every entry of this service is now a miss");
+                (false, false)
             }
-            Continuity::Fresh => self.check_markers(&info).await?,
-        }
+            Continuity::Fresh => {
+                self.check_markers(&info).await?;
+                (false, false)
+            }
+        };
         self.write_markers(&info.replid).await?;
         self.call(self.scripts.load_all(self.conn.pool.next()))
             .await?;
         {
             let mut h = self.outage.history.lock();
             h.replid = Some(info.replid.clone());
-            h.samples.clear();
-            h.journal.clear();
-            h.truncated_at = None;
+            if !keep_samples {
+                h.samples.clear();
+            }
+            if !keep_journal {
+                h.journal.clear();
+                h.truncated_at = None;
+            }
         }
         self.finish_recovery().await
     }
@@ -528,14 +540,20 @@ impl Redis {
     pub(super) async fn monitor(this: std::sync::Weak<Self>) {
         let mut delay = Duration::from_millis(20);
         let mut logged_outage = false;
+        let mut ticks = 0u32;
         loop {
             let Some(redis) = this.upgrade() else { return };
             if redis.is_up() {
-                let tick = tokio::time::sleep(Duration::from_secs(1));
-                tokio::select! { () = redis.outage.wake.notified() => {}, () = tick => {} }
+                // Sentinel is asked four times a second (a promotion is followed within about that, plus a
+                // reconnection); Redis itself once a second.
+                let every = if redis.conn.sentinels.is_some() { 4 } else { 1 };
+                let tick = tokio::time::sleep(Duration::from_secs(1) / every);
+                let woken = tokio::select! { () = redis.outage.wake.notified() => true, () = tick => false };
                 drop(redis);
                 let Some(redis) = this.upgrade() else { return };
-                if redis.is_up() {
+                ticks += 1;
+                if redis.is_up() && redis.follows_sentinel().await && (woken || ticks % every == 0)
+                {
                     redis.check_primary().await;
                 }
                 delay = Duration::from_millis(20);
@@ -547,6 +565,7 @@ impl Redis {
                     logged_outage = false;
                 }
                 Err(e) => {
+                    tracing::debug!(redis = %redis.conn.target, error = %e, "verification failed");
                     if !logged_outage && redis.outage.unusable().is_none() {
                         let connection = redis
                             .outage
@@ -563,6 +582,36 @@ impl Redis {
                 }
             }
         }
+    }
+
+    /// With Sentinel: whether fred is connected to the primary Sentinel names. When it is not (a promotion:
+    /// the old primary may answer as one for seconds more, and writes there would be lost), the tier becomes
+    /// unusable (`not_primary`) and every connection is made again, through Sentinel, to the new primary.
+    /// True without Sentinel, or when no Sentinel answers (the role checks still apply).
+    async fn follows_sentinel(&self) -> bool {
+        let Some(sentinels) = &self.conn.sentinels else {
+            return true;
+        };
+        let Some(named) = sentinels.primary(self.conn.budget).await else {
+            return true;
+        };
+        let connected = super::conn::Conn::primary(&self.conn.pool);
+        if connected.as_ref() == Some(&named) {
+            return true;
+        }
+        tracing::debug!(redis = %self.conn.target, ?connected, ?named, "connected to another node than the primary sentinel names");
+        self.mark_unusable(
+            Unusable::NotPrimary,
+            &format!("sentinel names {}:{} as the primary", named.0, named.1),
+        );
+        let budget = self.conn.budget;
+        let _ = tokio::time::timeout(budget, self.conn.pool.force_reconnection()).await;
+        let _ = tokio::time::timeout(budget, self.conn.bulk.force_reconnection()).await;
+        if let Some(waits) = &self.conn.waits {
+            let _ = tokio::time::timeout(budget, waits.force_reconnection()).await;
+        }
+        self.txn.reset().await;
+        false
     }
 
     /// One check of a Redis that is up: still the primary we verified? Samples its offset.

@@ -26,8 +26,10 @@ macro_rules! lua {
     };
 }
 
-/// A batch of Sets after its `MSET` (see `lua/set.lua`).
+/// A batch of Sets after the `SET`s of its values and metas (see `lua/set.lua`).
 pub(super) const SET: &str = lua!("set_common.lua", "set.lua");
+/// The deadline check that ends a batch's transaction (see `lua/late.lua`).
+pub(super) const LATE: &str = include_str!("lua/late.lua");
 /// An only-if-absent Set (see `lua/set_nx.lua`).
 pub(super) const SET_NX: &str = lua!("set_common.lua", "set_nx.lua");
 /// A large Set after its staging `SET` (see `lua/set_large.lua`).

@@ -3,8 +3,9 @@
 //!
 //! Three routes, each measured against the others (docs/decisions/0001-set-batches-as-transactions.md):
 //! - **Batches** of concurrent Sets of values up to [`LARGE_VALUE`]: one transaction on the Set connection
-//!   ([`super::txn`]): `MULTI`, one `MSET` of the values, the keys-only `lua/set.lua`, `EXEC`, in one
-//!   write. The values never become Lua strings.
+//!   ([`super::txn`]): `MULTI`, per Set a `SET … PX` of its value and of its meta, the keys-only
+//!   `lua/set.lua`, `lua/late.lua` (a transaction delivered after its deadline unlinks what it wrote),
+//!   `EXEC`, in one write. The values never become Lua strings.
 //! - **Only-if-absent** Sets (SET NX must answer per Set, and an invalidated entry counts as absent):
 //!   `lua/set_nx.lua`, value included, through fred's pool.
 //! - **Large** values (above [`LARGE_VALUE`]): the envelope goes as a blob under a staging key, then
@@ -240,6 +241,21 @@ impl Redis {
             eval.push(spec.as_bytes());
         }
         commands.push(&eval);
+        // Late delivery voids the batch (see `lua/late.lua`): by then its Sets were answered from memory.
+        let deadline = (crate::backend::now_ms() + budget.as_millis() as u64).to_string();
+        let nlate = (2 * n).to_string();
+        let mut late: Vec<&[u8]> = Vec::with_capacity(4 + 2 * n);
+        late.extend([
+            b"EVAL".as_slice(),
+            scripts::LATE.as_bytes(),
+            nlate.as_bytes(),
+        ]);
+        for w in &writes {
+            late.push(w.keys.entry.as_bytes());
+            late.push(w.keys.meta.as_bytes());
+        }
+        late.push(deadline.as_bytes());
+        commands.push(&late);
         commands.push(&[b"EXEC"]);
         let script_args: Vec<Vec<u8>> = eval[3..].iter().map(|a| a.to_vec()).collect();
         drop(eval);
@@ -270,7 +286,8 @@ impl Redis {
         }
         match replies.get(queued) {
             Some(OwnedFrame::Array(results)) => {
-                if let Some(OwnedFrame::Array(answer)) = results.last() {
+                let answer = results.len().checked_sub(2).and_then(|i| results.get(i));
+                if let Some(OwnedFrame::Array(answer)) = answer {
                     self.learn_tokens(&dims, answer);
                     return all(Ok(true));
                 }

@@ -75,7 +75,7 @@ async fn wait_writes_reach(server: &ServerProcess, sentinel: &Sentinel, port: u1
     let mut client = server.client().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut n = 0u32;
-    let mut last = String::new();
+    let mut last: String;
     loop {
         n += 1;
         let probe = key(pb::CacheType::SystemConfig, &format!("probe-{port}-{n}"));

@@ -582,7 +582,12 @@ fn entry_message(
         export_options: options_struct(&header.export_options_json),
         created_at: Some(timestamp(header.created_at_ms)),
         expires_at: Some(timestamp(header.expires_at_ms)),
-        last_accessed: (last_accessed_ms > 0).then(|| timestamp(last_accessed_ms)),
+        // The contract: equals created_at until the first read.
+        last_accessed: Some(timestamp(if last_accessed_ms > 0 {
+            last_accessed_ms
+        } else {
+            header.created_at_ms
+        })),
         access_count,
         size_bytes: header.size_bytes,
         stored_bytes,

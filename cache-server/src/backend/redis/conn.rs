@@ -395,29 +395,6 @@ impl Redis {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Unusable;
-
-    #[test]
-    fn replies_that_make_redis_unusable_are_recognised() {
-        assert_eq!(
-            Unusable::of_reply("READONLY You can't write against a read only replica."),
-            Some(Unusable::NotPrimary)
-        );
-        assert_eq!(
-            Unusable::of_reply("MOVED 3999 127.0.0.1:6381"),
-            Some(Unusable::ClusterNode)
-        );
-        assert_eq!(
-            Unusable::of_reply("WRONGPASS invalid username-password pair"),
-            Some(Unusable::Refused)
-        );
-        assert_eq!(Unusable::of_reply("ERR unknown command"), None);
-        assert_eq!(Unusable::of_reply("OOM command not allowed"), None);
-    }
-}
-
 /// The Sentinels of a `redis-sentinel://` URL and the service they watch.
 pub struct Sentinels {
     service: String,
@@ -460,13 +437,13 @@ impl Sentinels {
                         username: username.clone(),
                         password: password.clone(),
                         tls: config.tls.clone(),
-                        ..Default::default()
                     },
                     Some(performance.clone()),
                     Some(connection.clone()),
                     Some(policy.clone()),
                 );
-                let _ = client.connect();
+                // Connects in the background; the handle is not needed.
+                drop(client.connect());
                 client
             })
             .collect();
@@ -492,5 +469,28 @@ impl Sentinels {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unusable;
+
+    #[test]
+    fn replies_that_make_redis_unusable_are_recognised() {
+        assert_eq!(
+            Unusable::of_reply("READONLY You can't write against a read only replica."),
+            Some(Unusable::NotPrimary)
+        );
+        assert_eq!(
+            Unusable::of_reply("MOVED 3999 127.0.0.1:6381"),
+            Some(Unusable::ClusterNode)
+        );
+        assert_eq!(
+            Unusable::of_reply("WRONGPASS invalid username-password pair"),
+            Some(Unusable::Refused)
+        );
+        assert_eq!(Unusable::of_reply("ERR unknown command"), None);
+        assert_eq!(Unusable::of_reply("OOM command not allowed"), None);
     }
 }

@@ -552,7 +552,9 @@ impl Redis {
                 drop(redis);
                 let Some(redis) = this.upgrade() else { return };
                 ticks += 1;
-                if redis.is_up() && redis.follows_sentinel().await && (woken || ticks % every == 0)
+                if redis.is_up()
+                    && redis.follows_sentinel().await
+                    && (woken || ticks.is_multiple_of(every))
                 {
                     redis.check_primary().await;
                 }

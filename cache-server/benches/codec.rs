@@ -27,7 +27,7 @@ const ENVELOPE_SIZES: [usize; 6] = [128, 1_024, 8_192, 65_536, 1 << 20, 16 << 20
 const COMPRESSION_SIZES: [usize; 4] = [1_024, 65_536, 1 << 20, 8 << 20];
 
 /// Deterministic JSON-like bytes (records with repeated field names and varying values), compressing about
-/// 5–6× with zstd like the payloads measured in CRATES.md §6.
+/// 5–6× with zstd like real JSON exports (docs/benchmarks.md, "The load generator").
 fn json_like(len: usize) -> Bytes {
     let mut out = Vec::with_capacity(len + 256);
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;

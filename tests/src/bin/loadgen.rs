@@ -1,7 +1,7 @@
 //! `loadgen`: an end-to-end load generator for `cache.v1.CacheService`, modelled on fred's `bin/benchmark`.
 //!
 //! It opens `--connections` HTTP/2 connections (one tonic `Channel` each: a channel is one connection, and
-//! one connection caps throughput, CRATES.md §1.4) and keeps `--concurrency` calls in flight on each. Every
+//! one connection caps throughput, see docs/benchmarks.md) and keeps `--concurrency` calls in flight on each. Every
 //! call picks an operation from `--mix`, a key from a key space of `--keys` keys (uniform, or zipf with
 //! `--zipf S`), and for Set a value whose size is fixed or drawn from a distribution (`--value-size 1k..8m`).
 //! Values are slices of one pre-generated buffer (random bytes, or JSON-like text with `--compressible`), so
@@ -452,8 +452,8 @@ impl ValuePool {
     }
 }
 
-/// JSON-like records (repeated field names, varying values): zstd-3 compresses them about 5–6×, like the
-/// exports measured in CRATES.md §6.
+/// JSON-like records (repeated field names, varying values): zstd-3 compresses them about 5–6×, like real
+/// JSON exports (docs/benchmarks.md, "The load generator").
 fn json_like(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut out = Vec::with_capacity(len + 256);

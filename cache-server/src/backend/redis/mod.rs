@@ -8,7 +8,9 @@
 //! - [`read`]: Gets (entry, meta and generations in one `MGET`; large values over the bulk pool).
 //! - [`write`]: Sets (batched transactions, only-if-absent, large values).
 //! - [`invalidate`]: invalidation by key, selector, pattern and `all`.
-//! - [`outage`]: up, down and unusable; verification, failover continuity, the monitor.
+//! - [`outage`]: up, down and unusable; verification and the monitor.
+//! - [`continuity`]: whether the Redis reached continues the data verified (replication ids, offset
+//!   samples, the journal replayed after a failover, markers, Sentinel).
 //! - [`read_counts`]: read counts and last reads, counted here and flushed in batches.
 //! - [`batch`]: the coalescer that sends concurrent Gets and Sets as one command.
 //!
@@ -17,6 +19,7 @@
 
 mod batch;
 mod conn;
+mod continuity;
 mod invalidate;
 mod layout;
 mod outage;

@@ -1,6 +1,13 @@
 //! The `cache.v1.CacheService` handlers: validate → codec → backend → reply.
+//!
+//! - [`entry`]: the `CacheEntry` an answer describes an entry with.
+//! - [`metrics_reply`]: the Metrics RPC's answer.
 
-use std::collections::HashMap;
+mod entry;
+mod metrics_reply;
+
+use entry::{Origin, entry_message};
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -9,12 +16,12 @@ use bytes::Bytes;
 use cache_proto::pb;
 use tonic::{Request, Response, Status};
 
-use crate::backend::{Backend, Hit, Target, TierKind, now_ms};
+use crate::backend::{Backend, Target, TierKind, now_ms};
 use crate::codec::{self, Codec, CompressionPolicy, CompressionRequest, Header};
-use crate::config::{BackendMode, Config};
-use crate::error::{CacheError, code_name};
-use crate::keys::{InvalidField, Key, Keyspace, check_text, options_struct};
-use crate::metrics::{self, Metrics, Rpc};
+use crate::config::Config;
+use crate::error::CacheError;
+use crate::keys::{InvalidField, Key, Keyspace, check_text};
+use crate::metrics::{Metrics, Rpc};
 
 /// Most requests accepted in one GetMany / SetMany.
 pub const MAX_BATCH: usize = 1000;
@@ -401,120 +408,6 @@ impl Inner {
         }
         Ok(pb::SetManyResponse { responses })
     }
-
-    fn metrics_response(&self) -> pb::MetricsResponse {
-        let m = &self.metrics;
-        let stats = self.backend.stats();
-        let (hits, misses) = m.hits_misses();
-        let (get, set) = (&m.rpc(Rpc::Get).latency, &m.rpc(Rpc::Set).latency);
-        let handled = get.count() + set.count();
-        let logical = m.logical_bytes.load(Relaxed);
-        let stored = m.stored_bytes.load(Relaxed);
-        let memory_mode = self.config.backend == BackendMode::Memory;
-        let total_entries = if memory_mode {
-            stats.memory_entries
-        } else {
-            stats.redis_entries.unwrap_or(stats.memory_entries)
-        };
-        let total_size_bytes = if memory_mode {
-            stats.memory_bytes
-        } else {
-            logical
-        };
-        let by_type = crate::keys::CacheType::ALL
-            .iter()
-            .filter_map(|&t| {
-                let c = m.of(t);
-                let row = pb::TypeMetrics {
-                    r#type: t.to_proto() as i32,
-                    hits: c.hits.load(Relaxed),
-                    misses: c.misses.load(Relaxed),
-                    sets: c.sets.load(Relaxed),
-                    invalidations: c.invalidations.load(Relaxed),
-                    bytes_set: c.bytes_set.load(Relaxed),
-                };
-                (row.hits + row.misses + row.sets + row.invalidations > 0).then_some(row)
-            })
-            .collect();
-        let errors_by_code = |count: &dyn Fn(usize) -> u64| -> HashMap<String, u64> {
-            (0..crate::metrics::CODES)
-                .filter_map(|code| {
-                    let n = count(code);
-                    (n > 0).then(|| (code_name(tonic::Code::from_i32(code as i32)).to_owned(), n))
-                })
-                .collect()
-        };
-        let rpcs = Rpc::ALL
-            .iter()
-            .filter_map(|&rpc| {
-                let c = m.rpc(rpc);
-                let count = c.latency.count();
-                (count > 0).then(|| pb::RpcMetrics {
-                    rpc: rpc.name().to_owned(),
-                    count,
-                    p50_ms: c.latency.quantile(0.50) * 1000.0,
-                    p95_ms: c.latency.quantile(0.95) * 1000.0,
-                    p99_ms: c.latency.quantile(0.99) * 1000.0,
-                    errors_by_code: errors_by_code(&|code| c.errors[code].load(Relaxed)),
-                })
-            })
-            .collect();
-        pb::MetricsResponse {
-            metrics: Some(pb::CacheMetrics {
-                total_entries,
-                total_size_bytes,
-                hit_count: hits,
-                miss_count: misses,
-                hit_rate: if hits + misses == 0 {
-                    0.0
-                } else {
-                    hits as f64 / (hits + misses) as f64
-                },
-                avg_response_time_ms: if handled == 0 {
-                    0.0
-                } else {
-                    (get.sum() + set.sum()) / handled as f64 * 1000.0
-                },
-                compression_ratio: if stored == 0 {
-                    1.0
-                } else {
-                    logical as f64 / stored as f64
-                },
-                memory_usage_mb: metrics::resident_bytes() as f64 / (1024.0 * 1024.0),
-                last_updated: Some(timestamp(now_ms())),
-                redis_connected: stats.redis_connected,
-                memory_cache_size: stats.memory_bytes,
-                redis_memory_usage: stats.redis_memory_bytes,
-                memory_cache_entries: stats.memory_entries,
-                memory_cache_capacity: stats.memory_capacity,
-            }),
-            mode: self.config.backend.as_str().to_owned(),
-            uptime_seconds: m.uptime().as_secs(),
-            by_type,
-            corrupt_entries: m.corrupt.load(Relaxed),
-            fallback_active: stats.fallback_active,
-            fallback_served: stats.fallback_served,
-            invalidations_replayed: stats.invalidations_replayed,
-            compression_saved_bytes: logical.saturating_sub(stored),
-            memory_rejected: stats.memory_rejected,
-            set_count: m.by_type.iter().map(|c| c.sets.load(Relaxed)).sum(),
-            invalidated_count: m.invalidated.load(Relaxed),
-            errors_by_code: errors_by_code(&|code| m.errors_with(code)),
-            rpcs,
-            redis_down_seconds: stats.redis_down_seconds,
-            redis_state: match (memory_mode, stats.redis_unusable, stats.redis_connected) {
-                (true, ..) => String::new(),
-                (false, Some(_), _) => "unusable".to_owned(),
-                (false, None, true) => "up".to_owned(),
-                (false, None, false) => "outage".to_owned(),
-            },
-            redis_unusable_reason: stats.redis_unusable.unwrap_or_default().to_owned(),
-            redis_invalidated_reads: stats.redis_invalidated_reads,
-            redis_repaired_keys: stats.redis_repaired_keys,
-            redis_foreign_members: stats.redis_foreign_members,
-            redis_history_flushes: stats.redis_history_flushes,
-        }
-    }
 }
 
 fn target_label(target: &Target) -> &'static str {
@@ -523,88 +416,6 @@ fn target_label(target: &Target) -> &'static str {
         Target::Selector(_) => "selector",
         Target::Pattern(_) => "pattern",
         Target::All => "all",
-    }
-}
-
-fn timestamp(ms: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: (ms / 1000) as i64,
-        nanos: ((ms % 1000) * 1_000_000) as i32,
-    }
-}
-
-/// Where an answered entry came from, and how it has been read.
-struct Origin {
-    tier: TierKind,
-    fallback: bool,
-    access_count: u64,
-    last_accessed_ms: u64,
-}
-
-impl Origin {
-    fn of_hit(hit: &Hit) -> Self {
-        Self {
-            tier: hit.tier,
-            fallback: hit.fallback,
-            access_count: hit.access_count,
-            last_accessed_ms: hit.previous_read_ms,
-        }
-    }
-}
-
-fn entry_message(
-    key: &Key,
-    header: &Header,
-    codec: Codec,
-    stored_bytes: u64,
-    origin: &Origin,
-) -> pb::CacheEntry {
-    let compression = match codec {
-        Codec::None => pb::Compression::None,
-        Codec::Gzip => pb::Compression::Gzip,
-        Codec::Zstd => pb::Compression::Zstd,
-    };
-    let tier = match origin.tier {
-        TierKind::Memory => pb::Tier::Memory,
-        TierKind::Redis => pb::Tier::Redis,
-    };
-    let status = if origin.fallback {
-        pb::EntryStatus::Fallback
-    } else {
-        pb::EntryStatus::Valid
-    };
-    let (access_count, last_accessed_ms) = (origin.access_count, origin.last_accessed_ms);
-    pb::CacheEntry {
-        key: key.storage_key.to_string(),
-        r#type: key.tags.cache_type.to_proto() as i32,
-        format: key.format.clone(),
-        model_hash: header.model_hash.clone(),
-        export_options: options_struct(&header.export_options_json),
-        created_at: Some(timestamp(header.created_at_ms)),
-        expires_at: Some(timestamp(header.expires_at_ms)),
-        // The contract: equals created_at until the first read.
-        last_accessed: Some(timestamp(if last_accessed_ms > 0 {
-            last_accessed_ms
-        } else {
-            header.created_at_ms
-        })),
-        access_count,
-        size_bytes: header.size_bytes,
-        stored_bytes,
-        compression: compression as i32,
-        compression_ratio: if stored_bytes == 0 {
-            1.0
-        } else {
-            header.size_bytes as f64 / stored_bytes as f64
-        },
-        status: status as i32,
-        metadata: header.metadata.iter().cloned().collect(),
-        user_id: key.tags.user_id.clone(),
-        project_id: key.tags.project_id.clone(),
-        version: u32::from(codec::ENVELOPE_VERSION),
-        content_type: header.content_type.clone(),
-        tier: tier as i32,
-        id: key.tags.id.clone(),
     }
 }
 

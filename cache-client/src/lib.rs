@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`ClientBuilder`] (`builder.rs`): endpoints, connections, deadlines, retries, auth, TLS, message limits.
 //! - [`CacheClient`] (`client.rs`): the call loop (deadline, retries, budget), invalidation, metrics, health.
-//! - [`Family`], [`ExportResults`], [`ExportKey`] (`family.rs`): typed, serde-backed access per cache type,
+//! - [`Family`], [`ExportResults`], [`ExportKey`] (`family/`): typed, serde-backed access per cache type,
 //!   and `get_or_compute` with per-process single-flight (`single_flight.rs`).
 //! - [`RetryPolicy`] (`retry.rs`): gRPC A6 retries and retry throttling.
 //! - [`Error`] (`error.rs`): the one mapping from gRPC statuses.

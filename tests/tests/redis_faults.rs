@@ -4,13 +4,13 @@
 //!
 //! `FAULT_TEST_SECONDS` sets the length of the load test (default 120, the issue's two minutes).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cache_proto::pb;
 use cache_proto::pb::cache_service_client::CacheServiceClient;
 use cache_server::config::{BackendMode, Config, HumanDuration, RedisSettings};
+use cache_tests::history::{self, Event, Op, Rng};
 use cache_tests::{RedisServer, TestServer, get_req, key, redis_config, set_req};
 use pb::invalidate_request::Target;
 use tonic::transport::Channel;
@@ -59,170 +59,21 @@ async fn wait_redis_connected(
     }
 }
 
-// ----------------------------------------------------------------------------------------------------------
-// History of a concurrent run, and its checker
-// ----------------------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-enum Op {
-    Get { read: Option<String> },
-    Set { value: String },
-    Invalidate,
-}
-
-#[derive(Debug, Clone)]
-struct Event {
-    key: usize,
-    op: Op,
-    invoked: Instant,
-    completed: Instant,
-    error: Option<tonic::Code>,
-}
-
-/// Reads that returned a value written by a Set that completed before an invalidation of the same key that
-/// was acknowledged before the read began: the old value after an acknowledged invalidation.
-fn stale_reads(history: &[Event]) -> Vec<String> {
-    let mut set_done: HashMap<&str, (usize, Instant)> = HashMap::new();
-    let mut invalidations: HashMap<usize, Vec<(Instant, Instant)>> = HashMap::new();
-    for e in history.iter().filter(|e| e.error.is_none()) {
-        match &e.op {
-            Op::Set { value } => {
-                set_done.insert(value, (e.key, e.completed));
-            }
-            Op::Invalidate => invalidations
-                .entry(e.key)
-                .or_default()
-                .push((e.invoked, e.completed)),
-            Op::Get { .. } => {}
-        }
-    }
-    let mut stale = Vec::new();
-    for e in history.iter().filter(|e| e.error.is_none()) {
-        let Op::Get { read: Some(value) } = &e.op else {
-            continue;
-        };
-        let Some(&(key, set_completed)) = set_done.get(value.as_str()) else {
-            stale.push(format!("read {value} that no acknowledged Set wrote"));
-            continue;
-        };
-        assert_eq!(key, e.key, "a value is only ever written under its own key");
-        let invalidated =
-            invalidations
-                .get(&key)
-                .into_iter()
-                .flatten()
-                .any(|&(inv_invoked, inv_completed)| {
-                    set_completed < inv_invoked && inv_completed < e.invoked
-                });
-        if invalidated {
-            stale.push(format!(
-                "key {key}: read {value} after an acknowledged invalidation"
-            ));
-        }
-    }
-    stale
-}
-
+/// One client's calls until `until` (the mix and checker of [`history`]), all through one replica.
 async fn worker(
     mut client: CacheServiceClient<Channel>,
     worker: usize,
     keys: usize,
     until: Instant,
 ) -> Vec<Event> {
-    let mut history = Vec::new();
-    let mut seq = 0u64;
-    let mut rng_state = 0x9E37_79B9_7F4A_7C15u64 ^ (worker as u64 + 1);
-    let mut next = move || {
-        rng_state ^= rng_state << 13;
-        rng_state ^= rng_state >> 7;
-        rng_state ^= rng_state << 17;
-        rng_state
-    };
+    let mut rng = Rng::new(worker as u64);
+    let mut seq = 0;
+    let mut events = Vec::new();
     while Instant::now() < until {
-        let k = (next() % keys as u64) as usize;
-        let cache_key = key(pb::CacheType::Metadata, &format!("k{k}"));
-        let roll = next() % 100;
-        let invoked = Instant::now();
-        let (op, error) = if roll < 80 {
-            match client.get(with_deadline(get_req(cache_key))).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    (
-                        Op::Get {
-                            read: r
-                                .found
-                                .then(|| String::from_utf8_lossy(&r.value).into_owned()),
-                        },
-                        None,
-                    )
-                }
-                Err(s) => (Op::Get { read: None }, Some(s.code())),
-            }
-        } else if roll < 95 {
-            seq += 1;
-            let value = format!("w{worker}-{seq}");
-            let result = client
-                .set(with_deadline(set_req(
-                    cache_key,
-                    value.clone().into_bytes(),
-                )))
-                .await;
-            (Op::Set { value }, result.err().map(|s| s.code()))
-        } else {
-            let result = client
-                .invalidate(with_deadline(pb::InvalidateRequest {
-                    target: Some(Target::Key(cache_key)),
-                }))
-                .await;
-            (Op::Invalidate, result.err().map(|s| s.code()))
-        };
-        history.push(Event {
-            key: k,
-            op,
-            invoked,
-            completed: Instant::now(),
-            error,
-        });
+        let (k, roll) = (rng.below(keys), rng.below(100));
+        events.push(history::call(&mut client, 0, worker, &mut seq, k, roll, DEADLINE).await);
     }
-    history
-}
-
-#[test]
-fn the_checker_finds_a_stale_read() {
-    let t = Instant::now();
-    let at = |ms: u64| t + Duration::from_millis(ms);
-    let ev = |op, invoked, completed| Event {
-        key: 0,
-        op,
-        invoked,
-        completed,
-        error: None,
-    };
-    let history = vec![
-        ev(Op::Set { value: "a".into() }, at(0), at(1)),
-        ev(Op::Invalidate, at(2), at(3)),
-        ev(
-            Op::Get {
-                read: Some("a".into()),
-            },
-            at(4),
-            at(5),
-        ),
-    ];
-    assert_eq!(stale_reads(&history).len(), 1);
-    // A read that began before the invalidation was acknowledged may see the old value.
-    let concurrent = vec![
-        history[0].clone(),
-        history[1].clone(),
-        ev(
-            Op::Get {
-                read: Some("a".into()),
-            },
-            at(2),
-            at(4),
-        ),
-    ];
-    assert!(stale_reads(&concurrent).is_empty());
+    events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,10 +106,11 @@ async fn kill_and_restart_under_load_keeps_deadlines_and_never_serves_invalidate
         redis.restart().await;
         reattach.push(wait_redis_connected(&mut observer, Duration::from_secs(5)).await);
     }
-    let mut history = Vec::new();
+    let mut events = Vec::new();
     for w in workers {
-        history.extend(w.await.unwrap());
+        events.extend(w.await.unwrap());
     }
+    let history = events;
     let m = metrics(&mut observer).await;
     server.shutdown().await;
 
@@ -275,7 +127,7 @@ async fn kill_and_restart_under_load_keeps_deadlines_and_never_serves_invalidate
         .iter()
         .filter(|e| e.completed - e.invoked > DEADLINE)
         .count();
-    let stale = stale_reads(&history);
+    let stale = history::check(&history).stale;
     eprintln!(
         "fault test: {} calls in {seconds}s by 16 clients; 3 kill/restart cycles ({down_for:?} down each); \
          errors {} (after deadline {late_failures}); invalidations refused while redis was down {}; \

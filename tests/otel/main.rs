@@ -1,5 +1,8 @@
 //! OpenTelemetry: an OTLP trace receiver started by the test gets the server's spans, the span of an RPC is a
 //! child of the caller's span (W3C `traceparent` metadata), and backend calls are child spans of the RPC.
+//!
+//! Its own test binary: the test installs the process-wide tracing subscriber, which any other test that
+//! starts a server in the same process may already have installed.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

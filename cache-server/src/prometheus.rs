@@ -167,7 +167,7 @@ impl Collector for Scrape {
 
         let logical = m.logical_bytes.load(Relaxed);
         let stored = m.stored_bytes.load(Relaxed);
-        let counters: [(&str, &str, f64); 13] = [
+        let counters: [(&str, &str, f64); 14] = [
             (
                 "cache_logical_bytes",
                 "Logical bytes of all values stored.",
@@ -222,6 +222,11 @@ impl Collector for Scrape {
                 "cache_redis_repaired_keys",
                 "Keys of the wrong type under this service's prefix, removed.",
                 s.redis_repaired_keys as f64,
+            ),
+            (
+                "cache_redis_late_sets",
+                "Sets Redis voided as run after their deadline whose answer still came in time: Redis' clock is ahead.",
+                s.redis_late_sets as f64,
             ),
             (
                 "cache_redis_foreign_members",

@@ -492,3 +492,83 @@ async fn health_and_metrics_say_when_redis_cannot_be_used() {
         "nothing was written to the replica"
     );
 }
+
+/// A Set held by a partition and delivered after the writing replica answered it from memory must not land:
+/// meanwhile another replica acknowledged an invalidation of its key. Batched, only-if-absent, large and
+/// large only-if-absent Sets alike (each takes its own write path in the Redis tier).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_delivered_after_its_deadline_never_lands() {
+    use cache_tests::fault_proxy::{FaultProxy, Mode};
+    let redis = RedisServer::start().await;
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", redis.port()).parse().unwrap()).await;
+    let cut = ServerProcess::start(
+        &[
+            ("CACHE_BACKEND", "hybrid"),
+            ("REDIS_URL", &proxy.url()),
+            ("REDIS_COMMAND_TIMEOUT", "250ms"),
+        ],
+        &[],
+    )
+    .await;
+    let other = TestServer::start(redis_config(BackendMode::Hybrid, redis.settings())).await;
+    let (mut a, mut b) = (cut.client().await, other.client().await);
+    let large = cache_tests::random_bytes(512 << 10);
+    let kinds: Vec<(&str, pb::SetRequest)> = [
+        ("batch", &b"late"[..], false),
+        ("only-if-absent", &b"late"[..], true),
+        ("large", &large[..], false),
+        ("large only-if-absent", &large[..], true),
+    ]
+    .into_iter()
+    .map(|(kind, value, only_if_absent)| {
+        let mut req = set_req(key(pb::CacheType::Metadata, kind), value.to_vec());
+        req.only_if_absent = only_if_absent;
+        (kind, req)
+    })
+    .collect();
+    // Redis is reachable through the proxy before the partition.
+    put(&mut a, &key(pb::CacheType::Metadata, "warm")).await;
+    assert!(found(&mut b, &key(pb::CacheType::Metadata, "warm")).await);
+
+    proxy.set_mode(Mode::Blackhole);
+    let sets = kinds.iter().map(|(kind, req)| {
+        let mut a = a.clone();
+        let req = req.clone();
+        async move {
+            let answer = a.set(req).await;
+            (*kind, answer)
+        }
+    });
+    for (kind, answer) in futures::future::join_all(sets).await {
+        let answer = answer.unwrap_or_else(|e| panic!("{kind}: answered from memory, got {e}"));
+        assert!(answer.into_inner().stored, "{kind}: stored in memory");
+    }
+    // Every write's deadline passes while the partition holds it; the other replica invalidates each key.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for (kind, req) in &kinds {
+        let k = req.key.clone().expect("key");
+        invalidate(&mut b, Target::Key(k))
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: the invalidation reaches Redis, got {e}"));
+    }
+    proxy.set_mode(Mode::Pass);
+    // What the partition held arrives now. The cut-off replica deletes its uncertain keys only after it has
+    // verified Redis and waited 200 ms: a late Set that landed would be read here first.
+    let until = Instant::now() + Duration::from_millis(1500);
+    let mut reads = 0;
+    while Instant::now() < until {
+        for (kind, req) in &kinds {
+            let k = req.key.clone().expect("key");
+            assert!(
+                !found(&mut b, &k).await,
+                "{kind}: a Set delivered after its deadline landed after an acknowledged invalidation"
+            );
+            reads += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "late Sets: {reads} reads after the heal found nothing; voided Sets whose answer reached the cut-off replica: {}",
+        metrics(&mut a).await.redis_late_sets
+    );
+}

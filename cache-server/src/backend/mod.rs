@@ -129,6 +129,9 @@ pub struct BackendStats {
     pub redis_repaired_keys: u64,
     /// Index members that named keys outside this keyspace, left alone.
     pub redis_foreign_members: u64,
+    /// Sets Redis voided as run after their deadline, whose answer still came back in time (the clocks
+    /// disagree).
+    pub redis_late_sets: u64,
     /// Reads that found an entry whose generations had ended (invalidated or evicted bookkeeping): misses.
     pub redis_invalidated_reads: u64,
     /// Times every entry became a miss because the Redis reached could not be shown to continue the data

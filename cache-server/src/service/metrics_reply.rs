@@ -124,6 +124,7 @@ impl Inner {
             redis_repaired_keys: stats.redis_repaired_keys,
             redis_foreign_members: stats.redis_foreign_members,
             redis_history_flushes: stats.redis_history_flushes,
+            redis_late_sets: stats.redis_late_sets,
         }
     }
 }

@@ -76,6 +76,10 @@ struct TierStats {
     invalidated_skipped: AtomicU64,
     /// Bookkeeping keys of the wrong type removed.
     repaired: AtomicU64,
+    /// Sets Redis voided as run after their deadline, answered in time (see `lua/late.lua`).
+    late_sets: AtomicU64,
+    /// When the last warning about late Sets was logged (unix ms).
+    late_warned_ms: AtomicU64,
     /// Index members that were not entries of this keyspace, left alone.
     foreign: AtomicU64,
 }
@@ -271,6 +275,7 @@ impl Backend for Redis {
             redis_down_seconds: self.outage.down_seconds(),
             redis_unusable: self.unusable_reason(),
             redis_repaired_keys: self.stats.repaired.load(Ordering::Relaxed),
+            redis_late_sets: self.stats.late_sets.load(Ordering::Relaxed),
             redis_foreign_members: self.stats.foreign.load(Ordering::Relaxed),
             redis_invalidated_reads: self.stats.invalidated_skipped.load(Ordering::Relaxed),
             redis_history_flushes: self.outage.flushes.load(Ordering::Relaxed),

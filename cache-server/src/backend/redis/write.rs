@@ -76,6 +76,12 @@ fn batch_dims<'a>(
     (dims, specs)
 }
 
+/// The deadline of a write sent now with `budget` left, in unix ms as the scripts compare it with Redis'
+/// clock (`TIME`).
+fn deadline_ms(budget: Duration) -> String {
+    (crate::backend::now_ms() + budget.as_millis() as u64).to_string()
+}
+
 /// The keys and arguments of `lua/set_nx.lua` and `lua/set_large.lua`: the Set's dimensions, its entry,
 /// meta and blob; the seed, the number of dimensions, its TTL and its spec.
 fn single_argv<'a>(
@@ -242,7 +248,7 @@ impl Redis {
         }
         commands.push(&eval);
         // Late delivery voids the batch (see `lua/late.lua`): by then its Sets were answered from memory.
-        let deadline = (crate::backend::now_ms() + budget.as_millis() as u64).to_string();
+        let deadline = deadline_ms(budget);
         let nlate = (2 * n).to_string();
         let mut late: Vec<&[u8]> = Vec::with_capacity(4 + 2 * n);
         late.extend([
@@ -289,6 +295,13 @@ impl Redis {
                 let answer = results.len().checked_sub(2).and_then(|i| results.get(i));
                 if let Some(OwnedFrame::Array(answer)) = answer {
                     self.learn_tokens(&dims, answer);
+                    if let Some(OwnedFrame::Integer(unlinked)) = results.last()
+                        && *unlinked > 0
+                    {
+                        // Redis ran the batch after its deadline, yet the answer came back within it: the
+                        // clocks disagree. What the batch wrote is gone again (a miss, never stale).
+                        self.note_late(n as u64);
+                    }
                     return all(Ok(true));
                 }
             }
@@ -358,9 +371,11 @@ impl Redis {
     async fn write_nx(&self, write: Write) -> Result<bool, BackendError> {
         let seed = seed();
         let (keys, args) = single_argv(&write.keys, &write.ttl_ms, write.prune, &seed);
+        let deadline = deadline_ms(self.conn.budget);
         let argv = || {
             let mut values: Vec<Value> = args.iter().map(|a| Value::from(a.as_str())).collect();
             values.push(Value::Bytes(write.envelope.clone()));
+            values.push(Value::from(deadline.as_str()));
             (
                 keys.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>(),
                 values,
@@ -375,7 +390,11 @@ impl Redis {
             options,
             argv,
         ));
-        Ok(self.call_bounded(fut).await? == 1)
+        let answer = self.call_bounded(fut).await?;
+        if answer < 0 {
+            self.note_late(1);
+        }
+        Ok(answer == 1)
     }
 
     /// A large value: `MULTI`, `SET` of the blob under a staging key, `lua/set_large.lua` (sent as `EVAL`:
@@ -428,6 +447,7 @@ impl Redis {
             "0"
         }));
         let budget = self.conn.bulk_budget(len);
+        eval.push(Value::from(deadline_ms(budget)));
         let pipe = self.conn.bulk.next().pipeline();
         let ttl = ttl_ms.parse::<i64>().unwrap_or(1);
         let queued = async {
@@ -454,8 +474,36 @@ impl Redis {
             .unwrap_or_else(|| Ok(Value::Null))
             .and_then(|exec| exec.convert::<Vec<Value>>());
         match exec {
-            Ok(results) => Ok(matches!(results.get(1), Some(Value::Integer(1)))),
+            Ok(results) => match results.get(1) {
+                Some(Value::Integer(1)) => Ok(true),
+                Some(Value::Integer(late)) if *late < 0 => {
+                    self.note_late(1);
+                    Ok(false)
+                }
+                _ => Ok(false),
+            },
             Err(e) => self.note_outcome(Err(self.classify(&e))),
+        }
+    }
+
+    /// Counts Sets that Redis ran after their deadline, so voided (see `lua/late.lua`), and warns at most
+    /// every 10 s: an answer that arrives at all means the clocks of Redis and this server disagree.
+    fn note_late(&self, sets: u64) {
+        let total = self.stats.late_sets.fetch_add(sets, Ordering::Relaxed) + sets;
+        let now = crate::backend::now_ms();
+        let last = self.stats.late_warned_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && self
+                .stats
+                .late_warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                redis = %self.conn.target,
+                late_sets = total,
+                "Redis ran Sets after their deadline and voided them, yet answered in time: is its clock ahead of this server's?"
+            );
         }
     }
 

@@ -82,6 +82,13 @@ local function join(entry, spec_s, ttl_s)
   return p[2]
 end
 
+-- Whether Redis runs this script after `deadline_s` (unix ms by the writing server's clock): the server
+-- has answered the Set from memory by then, and an invalidation may have been acknowledged since, so the
+-- Set must not land (the same rule as lua/late.lua for batches).
+local function is_late(deadline_s)
+  return now_ms() > tonumber(deadline_s)
+end
+
 -- Whether the entry at `entry` is valid under the meta value `meta_value` a Set would write.
 local function is_valid(entry, meta, meta_value)
   if redis.call('EXISTS', entry) == 0 then return false end

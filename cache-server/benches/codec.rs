@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cache_proto::pb;
-use cache_server::codec::{self, Codec, CompressionPolicy, CompressionRequest, Header};
-use cache_server::keys::Keyspace;
+use cache_server::Keyspace;
+use cache_server::envelope::{self, Codec, CompressionPolicy, CompressionRequest, Header};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 /// Envelope sizes: small settings up to the largest exports.
@@ -139,7 +139,7 @@ fn bench_envelope(c: &mut Criterion) {
         tune_for(&mut encode, size);
         encode.throughput(Throughput::Bytes(size as u64));
         encode.bench_with_input(BenchmarkId::new("encode", label(size)), &payload, |b, p| {
-            b.iter(|| codec::encode(black_box(&header), Codec::None, black_box(p)))
+            b.iter(|| envelope::encode(black_box(&header), Codec::None, black_box(p)))
         });
         encode.bench_with_input(BenchmarkId::new("copy", label(size)), &payload, |b, p| {
             b.iter(|| Bytes::copy_from_slice(black_box(p)))
@@ -149,7 +149,7 @@ fn bench_envelope(c: &mut Criterion) {
 
     let mut decode = c.benchmark_group("envelope_decode");
     for size in ENVELOPE_SIZES {
-        let envelope = codec::encode(&header(size), Codec::None, &json_like(size));
+        let envelope = envelope::encode(&header(size), Codec::None, &json_like(size));
         tune_for(&mut decode, size);
         decode.throughput(Throughput::Bytes(size as u64));
         decode.bench_with_input(
@@ -157,7 +157,7 @@ fn bench_envelope(c: &mut Criterion) {
             &envelope,
             |b, e| {
                 // Cloning `Bytes` is a reference-count bump: the measured work is the checks and the header parse.
-                b.iter(|| codec::decode(black_box(e.clone())).unwrap())
+                b.iter(|| envelope::decode(black_box(e.clone())).unwrap())
             },
         );
     }
@@ -177,7 +177,7 @@ fn bench_compression(c: &mut Criterion) {
         compress.throughput(Throughput::Bytes(size as u64));
         for (name, request) in requests {
             compress.bench_with_input(BenchmarkId::new(name, label(size)), &value, |b, v| {
-                b.iter(|| codec::compress(black_box(v), request, &policy))
+                b.iter(|| envelope::compress(black_box(v), request, &policy))
             });
         }
         // The server's level is 3; level 1 is what a Set-heavy deployment could trade ratio for.
@@ -186,11 +186,11 @@ fn bench_compression(c: &mut Criterion) {
             ..policy
         };
         compress.bench_with_input(BenchmarkId::new("zstd-1", label(size)), &value, |b, v| {
-            b.iter(|| codec::compress(black_box(v), CompressionRequest::Zstd, &level_1))
+            b.iter(|| envelope::compress(black_box(v), CompressionRequest::Zstd, &level_1))
         });
         // AUTO is what most callers send: below the threshold it must cost nothing (a reference-count bump).
         compress.bench_with_input(BenchmarkId::new("auto", label(size)), &value, |b, v| {
-            b.iter(|| codec::compress(black_box(v), CompressionRequest::Auto, &policy))
+            b.iter(|| envelope::compress(black_box(v), CompressionRequest::Auto, &policy))
         });
     }
     compress.finish();
@@ -201,14 +201,14 @@ fn bench_compression(c: &mut Criterion) {
         tune_for(&mut decompress, size);
         decompress.throughput(Throughput::Bytes(size as u64));
         for (name, request) in requests {
-            let (codec, stored) = codec::compress(&value, request, &policy);
+            let (codec, stored) = envelope::compress(&value, request, &policy);
             assert_ne!(
                 codec,
                 Codec::None,
                 "{name} must compress JSON-like {size} B"
             );
             decompress.bench_with_input(BenchmarkId::new(name, label(size)), &stored, |b, s| {
-                b.iter(|| codec::decompress(codec, black_box(s), size as u64, &policy).unwrap())
+                b.iter(|| envelope::decompress(codec, black_box(s), size as u64, &policy).unwrap())
             });
         }
     }

@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cache_proto::pb;
-use cache_server::backend::{Backend, Memory, MemoryOptions};
-use cache_server::codec::{self, Codec, Header};
-use cache_server::keys::{Key, Keyspace};
+use cache_server::envelope::{self, Codec, Header};
+use cache_server::{Backend, Key, Keyspace, Memory, MemoryOptions};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures::executor::block_on;
 
@@ -40,7 +39,7 @@ fn envelope(size: usize) -> Bytes {
         expires_at_ms: u64::MAX / 2,
         ..Header::default()
     };
-    codec::encode(&header, Codec::None, &vec![0x5a; size])
+    envelope::encode(&header, Codec::None, &vec![0x5a; size])
 }
 
 /// A memory tier holding `RESIDENT_KEYS` entries of `size` bytes, sized like the server's default (1 GiB,

@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 use cache_proto::pb;
 use cache_proto::pb::cache_service_server::CacheService as _;
 use cache_server::config::{BackendMode, Config, Settings};
-use cache_server::keys::CacheType;
-use cache_server::metrics::{LATENCY_BOUNDS_SECONDS, Metrics, Rpc};
-use cache_server::service::CacheService;
+use cache_server::{CacheService, CacheType, LATENCY_BOUNDS_SECONDS, Metrics, Rpc};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// Wall time of `iters` records while two threads record into the same handles at once, as the server's
@@ -120,7 +118,7 @@ fn bench_metrics(c: &mut Criterion) {
         ..Default::default()
     })
     .unwrap();
-    let backend = cache_server::server::build_backend(&config).unwrap();
+    let backend = cache_server::build_backend(&config).unwrap();
     let service = CacheService::new(config, backend, Arc::new(Metrics::default()));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -3,27 +3,58 @@
 //!
 //! # Layout
 //! - [`config`]: defaults < file < env < flags.
-//! - [`keys`]: validation and the injective key rendering.
-//! - [`codec`]: the versioned stored envelope and compression.
-//! - [`backend`]: the storage trait and its tiers.
-//! - [`service`]: the gRPC handlers.
-//! - [`error`]: the error type and its one mapping to gRPC codes.
-//! - [`metrics`]: hot-path counters; [`prometheus`]: their Prometheus encoding and the `/metrics` endpoint.
-//! - [`server`]: wiring, background tasks and graceful shutdown ([`run`]).
-//! - [`telemetry`]: logs and OpenTelemetry traces.
-//! - [`malloc`]: glibc allocator settings that keep resident memory near the configured capacity.
+//! - `keys`: validation and the injective key rendering.
+//! - `codec`: the versioned stored envelope and compression.
+//! - `backend`: the storage trait and its tiers.
+//! - `service`: the gRPC handlers.
+//! - `error`: the error type and its one mapping to gRPC codes.
+//! - `metrics`: hot-path counters; `prometheus`: their Prometheus encoding and the `/metrics` endpoint.
+//! - `server`: wiring, background tasks and graceful shutdown ([`run`]).
+//! - `telemetry`: logs and OpenTelemetry traces.
+//! - `malloc`: glibc allocator settings that keep resident memory near the configured capacity.
+//!
+//! # Public surface
+//! The modules are private except [`config`], which the binary and the end-to-end tests use nearly all of.
+//! Everything else public is a re-export below: what the binary, the benchmarks, the end-to-end tests and the
+//! load generator use, plus [`Telemetry`] and [`envelope::CodecError`], which the documentation of
+//! [`init_telemetry`] and [`envelope::decompress`] names. Anything else unused is then reported by rustc as dead
+//! code.
 
-pub mod backend;
-pub mod codec;
+mod backend;
+mod codec;
 pub mod config;
-pub mod error;
-pub mod keys;
-pub mod malloc;
-pub mod metrics;
-pub mod prometheus;
-pub mod server;
-pub mod service;
-pub mod telemetry;
+mod error;
+mod keys;
+mod malloc;
+mod metrics;
+mod prometheus;
+mod server;
+mod service;
+mod telemetry;
 
+// The binary: configuration, process setup, the server.
 pub use config::Config;
+pub use malloc::tune as tune_malloc;
 pub use server::run;
+pub use telemetry::{Telemetry, init as init_telemetry, otlp_endpoint, tracing_enabled};
+
+// The end-to-end tests and the load generator: a service without a listener, the Redis tier's pruning period,
+// the names of gRPC codes.
+pub use backend::PRUNE_EVERY;
+pub use error::code_name;
+pub use metrics::Metrics;
+pub use server::build_backend;
+pub use service::CacheService;
+
+// The benchmarks: keys, the memory tier, the metrics hot path, and the envelope codec (grouped below).
+pub use backend::{Backend, Memory, MemoryOptions};
+pub use keys::{CacheType, Key, Keyspace};
+pub use metrics::{LATENCY_BOUNDS_SECONDS, Rpc};
+
+/// The stored envelope and its compression (the `codec` module), for the codec and memory benchmarks.
+pub mod envelope {
+    pub use crate::codec::{
+        Codec, CodecError, CompressionPolicy, CompressionRequest, Header, compress, decode,
+        decompress, encode,
+    };
+}

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cache_server::config::{Config, Settings};
-use cache_server::telemetry;
 use clap::Parser;
 
 /// gRPC cache service (cache.v1.CacheService) with Redis and an in-memory fallback tier.
@@ -92,7 +91,7 @@ fn health_check(endpoint: String, service: String, timeout: std::time::Duration)
 }
 
 fn main() -> ExitCode {
-    let malloc = cache_server::malloc::tune();
+    let malloc = cache_server::tune_malloc();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::HealthCheck {
@@ -128,8 +127,9 @@ fn main() -> ExitCode {
         let service_name = env
             .get("OTEL_SERVICE_NAME")
             .map_or("cache-server", String::as_str);
-        let endpoint = telemetry::otlp_endpoint(&env);
-        let telemetry = telemetry::init(config.log_format, service_name, endpoint.as_deref())?;
+        let endpoint = cache_server::otlp_endpoint(&env);
+        let telemetry =
+            cache_server::init_telemetry(config.log_format, service_name, endpoint.as_deref())?;
         tracing::debug!(?malloc, "allocator settings applied");
         let served = serve(config).await;
         telemetry.shutdown().await;

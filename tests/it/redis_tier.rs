@@ -455,7 +455,7 @@ async fn indexes_outlive_their_members_and_shed_expired_ones() {
 
     // Once the short-lived entries expired, later writes prune them (one write in PRUNE_EVERY prunes).
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let prune_every = cache_server::backend::PRUNE_EVERY as usize;
+    let prune_every = cache_server::PRUNE_EVERY as usize;
     for i in 0..prune_every {
         client.set(set(format!("later-{i}"), 600)).await.unwrap();
     }

@@ -11,8 +11,7 @@ use cache_client::tls::{Certificate, ClientTlsConfig, Identity};
 use cache_client::{CacheClient, Error, Health};
 use cache_proto::pb::cache_service_server::CacheServiceServer;
 use cache_server::config::Settings;
-use cache_server::metrics::Metrics;
-use cache_server::service::CacheService;
+use cache_server::{CacheService, Metrics};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
@@ -21,7 +20,7 @@ use tonic::{Request, Status};
 
 fn service() -> CacheServiceServer<CacheService> {
     let config = cache_tests::memory_config(Settings::default());
-    let backend = cache_server::server::build_backend(&config).expect("memory backend");
+    let backend = cache_server::build_backend(&config).expect("memory backend");
     CacheServiceServer::new(CacheService::new(
         config,
         backend,

@@ -55,13 +55,13 @@ async fn rpc_spans_reach_an_otlp_collector_as_children_of_the_callers_span() {
             .add_service(TraceServiceServer::new(receiver.clone()))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    let telemetry = cache_server::telemetry::init(
+    let telemetry = cache_server::init_telemetry(
         LogFormat::Text,
         "cache-server-test",
         Some(&format!("http://{collector}")),
     )
     .expect("otlp exporter");
-    assert!(cache_server::telemetry::tracing_enabled());
+    assert!(cache_server::tracing_enabled());
 
     let server = TestServer::memory().await;
     let mut client = server.client().await;

@@ -33,19 +33,6 @@ pub enum CompressionRequest {
     Zstd,
 }
 
-impl CompressionRequest {
-    /// Maps the proto enum value (AUTO=0, NONE=1, GZIP=2, ZSTD=3); `None` for any other value.
-    pub fn from_i32(value: i32) -> Option<Self> {
-        match value {
-            0 => Some(CompressionRequest::Auto),
-            1 => Some(CompressionRequest::None),
-            2 => Some(CompressionRequest::Gzip),
-            3 => Some(CompressionRequest::Zstd),
-            _ => None,
-        }
-    }
-}
-
 /// Limits and policy for compression.
 #[derive(Debug, Clone, Copy)]
 pub struct CompressionPolicy {
@@ -588,28 +575,6 @@ mod tests {
         assert!(should_offload(big, CompressionRequest::Auto, &policy));
         assert!(should_offload(mid, CompressionRequest::Gzip, &policy));
         assert!(should_offload(mid, CompressionRequest::Zstd, &policy));
-    }
-
-    #[test]
-    fn request_from_proto_values() {
-        assert_eq!(
-            CompressionRequest::from_i32(0),
-            Some(CompressionRequest::Auto)
-        );
-        assert_eq!(
-            CompressionRequest::from_i32(1),
-            Some(CompressionRequest::None)
-        );
-        assert_eq!(
-            CompressionRequest::from_i32(2),
-            Some(CompressionRequest::Gzip)
-        );
-        assert_eq!(
-            CompressionRequest::from_i32(3),
-            Some(CompressionRequest::Zstd)
-        );
-        assert_eq!(CompressionRequest::from_i32(4), None);
-        assert_eq!(CompressionRequest::from_i32(-1), None);
     }
 
     proptest! {

@@ -78,15 +78,6 @@ pub enum Codec {
 }
 
 impl Codec {
-    /// Returns a short lowercase name, for logs and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Codec::None => "none",
-            Codec::Gzip => "gzip",
-            Codec::Zstd => "zstd",
-        }
-    }
-
     fn to_byte(self) -> u8 {
         match self {
             Codec::None => 0,

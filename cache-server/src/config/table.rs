@@ -80,34 +80,34 @@ pub fn markdown() -> String {
     out
 }
 
-/// The cells of the first Markdown table after `heading` in `doc` (header and separator rows skipped), each
-/// cell trimmed. Cells holding `|` are not supported (none does).
-pub fn documented(doc: &str, heading: &str) -> Option<Vec<Vec<String>>> {
-    let section = &doc[doc.find(heading)? + heading.len()..];
-    let rows: Vec<Vec<String>> = section
-        .lines()
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .map(|l| {
-            let inner = l.trim().strip_prefix('|').unwrap_or(l);
-            inner
-                .strip_suffix('|')
-                .unwrap_or(inner)
-                .split('|')
-                .map(|c| c.trim().to_owned())
-                .collect()
-        })
-        .skip(2)
-        .collect();
-    (!rows.is_empty()).then_some(rows)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The document holding the configuration table, relative to this crate, and the heading above it.
     const DOC: (&str, &str) = ("../docs/operations.md", "## Configuration");
+
+    /// The cells of the first Markdown table after `heading` in `doc` (header and separator rows skipped),
+    /// each cell trimmed. Cells holding `|` are not supported (none does).
+    fn documented(doc: &str, heading: &str) -> Option<Vec<Vec<String>>> {
+        let section = &doc[doc.find(heading)? + heading.len()..];
+        let rows: Vec<Vec<String>> = section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let inner = l.trim().strip_prefix('|').unwrap_or(l);
+                inner
+                    .strip_suffix('|')
+                    .unwrap_or(inner)
+                    .split('|')
+                    .map(|c| c.trim().to_owned())
+                    .collect()
+            })
+            .skip(2)
+            .collect();
+        (!rows.is_empty()).then_some(rows)
+    }
 
     #[test]
     fn documented_table_matches_the_declarations() {

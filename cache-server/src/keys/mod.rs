@@ -36,7 +36,7 @@ mod test_support;
 pub use cache_type::CacheType;
 pub use field::{InvalidField, check_text};
 pub use glob::glob_match;
-pub use options::{canonical_options_json, md5_hex, options_struct};
+pub use options::{canonical_options_json, options_struct};
 pub use render::{escape_into, parse_rendered};
 pub use selector::Selector;
 
@@ -245,6 +245,7 @@ impl Keyspace {
     }
 
     /// Splits a storage key of this keyspace into its tags; `None` for keys that are not entries of ours.
+    #[cfg(test)]
     pub fn parse(&self, storage_key: &str) -> Option<KeyTags> {
         parse_rendered(storage_key.strip_prefix(self.base())?)
     }

@@ -81,11 +81,6 @@ impl CacheService {
         }
     }
 
-    /// The counters this service updates.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.inner.metrics
-    }
-
     /// Records the call's latency (and error) and turns the result into the gRPC answer.
     fn finish<T>(
         &self,

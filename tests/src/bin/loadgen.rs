@@ -36,6 +36,7 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use cache_proto::pb;
 use cache_proto::pb::cache_service_client::CacheServiceClient;
+use cache_server::code_name;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
@@ -540,30 +541,6 @@ impl Stats {
 
     fn error_count(&self) -> u64 {
         self.errors.values().sum()
-    }
-}
-
-/// Screaming-snake gRPC code names, as in the gRPC spec and the server's `errors_by_code`.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -1,4 +1,4 @@
-"""Driving servers with our load generator (tests/src/bin/loadgen.rs, `--json`): runs, the prefill of the keys
+"""Driving servers with our load generator (tests/src/bin/loadgen/, `--json`): runs, the prefill of the keys
 the Gets read, waiting for SERVING, and the correctness problems a report shows."""
 
 import subprocess

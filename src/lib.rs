@@ -1,5 +1,8 @@
 //! The `cache.v1` protocol: generated messages, the `CacheService` client and server stubs, and the
-//! encoded descriptor set that server reflection serves. No hand-written logic lives here.
+//! encoded descriptor set that server reflection serves; and [`json`], the one conversion from JSON to the
+//! `google.protobuf.Struct` the protocol carries export options in. No other hand-written logic lives here.
+
+pub mod json;
 
 /// Generated code for the `cache.v1` package (see `proto/cache/v1/cache.proto`).
 pub mod pb {

@@ -73,7 +73,7 @@ impl ExportKey {
         self.options = match value {
             serde_json::Value::Null => None,
             serde_json::Value::Object(map) if map.is_empty() => None,
-            serde_json::Value::Object(map) => Some(json_object_to_struct(map)),
+            serde_json::Value::Object(map) => Some(cache_proto::json::struct_from_json_object(map)),
             other => {
                 return Err(Error::InvalidOptions {
                     reason: format!("must serialize to a JSON object, not {}", json_kind(&other)),
@@ -138,30 +138,6 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
     }
-}
-
-fn json_object_to_struct(map: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map
-            .into_iter()
-            .map(|(k, v)| (k, json_to_value(v)))
-            .collect(),
-    }
-}
-
-fn json_to_value(value: serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match value {
-        serde_json::Value::Null => Kind::NullValue(prost_types::NullValue::NullValue as i32),
-        serde_json::Value::Bool(b) => Kind::BoolValue(b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
-        serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.into_iter().map(json_to_value).collect(),
-        }),
-        serde_json::Value::Object(map) => Kind::StructValue(json_object_to_struct(map)),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 /// A typed handle on export results (values of type `V`, through serde JSON), with a default TTL.

@@ -82,28 +82,12 @@ pub fn options_struct(options_json: &str) -> Option<prost_types::Struct> {
     if options_json.is_empty() {
         return None;
     }
-    let value: serde_json::Value = serde_json::from_str(options_json).ok()?;
-    match json_to_value(value).kind {
-        Some(prost_types::value::Kind::StructValue(s)) => Some(s),
+    match serde_json::from_str(options_json).ok()? {
+        serde_json::Value::Object(object) => {
+            Some(cache_proto::json::struct_from_json_object(object))
+        }
         _ => None,
     }
-}
-
-pub(super) fn json_to_value(v: serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.into_iter().map(json_to_value).collect(),
-        }),
-        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
-            fields: o.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
-        }),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 #[cfg(test)]

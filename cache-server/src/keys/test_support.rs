@@ -4,7 +4,6 @@ use cache_proto::pb;
 use proptest::prelude::*;
 
 use super::Keyspace;
-use super::options::json_to_value;
 
 pub(super) fn ks() -> Keyspace {
     Keyspace::new("cache", "default")
@@ -28,8 +27,8 @@ pub(super) fn key(
 }
 
 pub(super) fn options(json: serde_json::Value) -> prost_types::Struct {
-    match json_to_value(json).kind {
-        Some(prost_types::value::Kind::StructValue(s)) => s,
+    match json {
+        serde_json::Value::Object(object) => cache_proto::json::struct_from_json_object(object),
         _ => unreachable!(),
     }
 }

@@ -4,7 +4,7 @@
 use cache_proto::pb;
 use tonic::transport::Channel;
 
-use crate::{CLIENT_MAX_MESSAGE_BYTES, json_to_value};
+use crate::CLIENT_MAX_MESSAGE_BYTES;
 
 /// A gRPC codec that sends and receives already-encoded protobuf bytes, to put on the wire what generated
 /// types cannot express (e.g. map entries in a chosen order).
@@ -84,9 +84,12 @@ pub fn struct_bytes_in_order(fields: &[(&str, serde_json::Value)]) -> Vec<u8> {
     for (name, value) in fields {
         // A one-entry Struct encodes as exactly that entry; concatenated entries form one map.
         let one = prost_types::Struct {
-            fields: [((*name).to_owned(), json_to_value(value.clone()))]
-                .into_iter()
-                .collect(),
+            fields: [(
+                (*name).to_owned(),
+                cache_proto::json::value_from_json(value.clone()),
+            )]
+            .into_iter()
+            .collect(),
         };
         out.extend_from_slice(&one.encode_to_vec());
     }

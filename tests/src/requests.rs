@@ -26,7 +26,7 @@ pub fn export_key(
 ) -> pb::CacheKey {
     let options = match options_json {
         serde_json::Value::Null => None,
-        serde_json::Value::Object(map) => Some(json_object_to_struct(map)),
+        serde_json::Value::Object(map) => Some(cache_proto::json::struct_from_json_object(map)),
         other => panic!("export options must be a JSON object, got {other}"),
     };
     pb::CacheKey {
@@ -37,34 +37,6 @@ pub fn export_key(
         user_id: user.to_owned(),
         project_id: project.to_owned(),
     }
-}
-
-/// Converts a JSON object to a `google.protobuf.Struct`.
-pub fn json_object_to_struct(
-    map: serde_json::Map<String, serde_json::Value>,
-) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map
-            .into_iter()
-            .map(|(k, v)| (k, json_to_value(v)))
-            .collect(),
-    }
-}
-
-/// Converts a JSON value to a `google.protobuf.Value`.
-pub fn json_to_value(v: serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.into_iter().map(json_to_value).collect(),
-        }),
-        serde_json::Value::Object(o) => Kind::StructValue(json_object_to_struct(o)),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 /// A Set of `value` under `key` with every other field defaulted (AUTO compression, type's default TTL).

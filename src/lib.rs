@@ -1,7 +1,9 @@
 //! The `cache.v1` protocol: generated messages, the `CacheService` client and server stubs, and the
 //! encoded descriptor set that server reflection serves; and [`json`], the one conversion from JSON to the
-//! `google.protobuf.Struct` the protocol carries export options in. No other hand-written logic lives here.
+//! `google.protobuf.Struct` the protocol carries export options in; and [`codec`], the gRPC codec of the stubs
+//! (prost's, with large messages encoded off the async worker's turn). No other hand-written logic lives here.
 
+pub mod codec;
 pub mod json;
 
 /// Generated code for the `cache.v1` package (see `proto/cache/v1/cache.proto`).

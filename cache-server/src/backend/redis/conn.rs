@@ -27,6 +27,10 @@ const BULK_POOL_SIZE: usize = 2;
 /// command budget plus its size (and the bytes queued before it) at this rate.
 const BULK_BYTES_PER_SECOND: u64 = 20 << 20;
 
+/// Ranges of large values requested at a time over the whole bulk pool: what Redis copies into its output
+/// buffers in one turn of its event loop, while other clients wait (see `read_blob`).
+pub(super) const RANGES_IN_FLIGHT: usize = 4;
+
 /// What a failed command says about Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Unusable {
@@ -86,6 +90,8 @@ pub(super) struct Conn {
     pub database: Option<u8>,
     /// Bytes of large values in flight on the bulk pool.
     pub bulk_in_flight: std::sync::atomic::AtomicU64,
+    /// Permits for ranges of large values in flight ([`RANGES_IN_FLIGHT`]).
+    pub ranges: tokio::sync::Semaphore,
 }
 
 fn internal(reason: String) -> BackendError {
@@ -235,6 +241,7 @@ impl Conn {
             password: fred_config.password.clone(),
             database: fred_config.database,
             bulk_in_flight: std::sync::atomic::AtomicU64::new(0),
+            ranges: tokio::sync::Semaphore::new(RANGES_IN_FLIGHT),
         })
     }
 

@@ -18,8 +18,9 @@ use crate::backend::{BackendError, Hit, TierKind, now_ms};
 use crate::keys::Key;
 
 /// A large value's blob is read in ranges of this many bytes.
-const BLOB_CHUNK: u64 = 1 << 20;
-/// Ranges of one blob requested at a time.
+const BLOB_CHUNK: u64 = 512 << 10;
+/// Ranges of one blob requested at a time (fewer when other blobs are being read: see
+/// [`super::conn::RANGES_IN_FLIGHT`]).
 const CHUNKS_IN_FLIGHT: usize = 4;
 /// How often the bulk pool's watchdog pings Redis while a large value is in flight.
 const WATCHDOG_INTERVAL: Duration = Duration::from_millis(50);
@@ -135,9 +136,12 @@ impl Redis {
 
     /// A large value's blob, if it is the version the pointer names (an overwrite may have replaced it).
     ///
-    /// Read in [`BLOB_CHUNK`] ranges, at most [`CHUNKS_IN_FLIGHT`] at a time: Redis copies a reply into its
-    /// output buffer in one go, so one `GET` of 64 MiB holds its event loop ~40 ms (and pipelined ones add
-    /// up), while a range of 1 MiB holds it well under a millisecond: other clients' commands interleave.
+    /// Read in [`BLOB_CHUNK`] ranges, at most [`CHUNKS_IN_FLIGHT`] at a time and at most
+    /// [`super::conn::RANGES_IN_FLIGHT`] over all blobs: Redis copies a reply into its output buffer in one
+    /// go, so one `GET` of 64 MiB holds its event loop ~40 ms, and it executes every command pipelined on a
+    /// connection in one turn of its loop: 32 ranges of 1 MiB queued by eight concurrent reads held it
+    /// 20-50 ms (measured as the small Gets' `MGET` time). A few ranges of 512 KiB hold it about a
+    /// millisecond: other clients' commands interleave.
     async fn read_blob(&self, blob: &str, pointer: Pointer) -> Result<Option<Bytes>, BackendError> {
         let client = self.conn.bulk.next();
         let budget = self.conn.bulk_budget(pointer.len);
@@ -152,7 +156,11 @@ impl Redis {
                     let end = (start + BLOB_CHUNK).min(total) - 1;
                     let range =
                         Box::pin(with.getrange::<Value, _>(blob, start as usize, end as usize));
-                    async move { range.await.map(|v| (bytes_of(v), end + 1 - start)) }
+                    async move {
+                        // Closed never: the semaphore lives as long as the pools.
+                        let _permit = self.conn.ranges.acquire().await;
+                        range.await.map(|v| (bytes_of(v), end + 1 - start))
+                    }
                 }))
                 .buffered(CHUNKS_IN_FLIGHT);
             while let Some(range) = ranges.next().await {

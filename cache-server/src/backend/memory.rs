@@ -14,6 +14,7 @@ use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use quick_cache::{OptionsBuilder, Weighter};
 
 use super::{Backend, BackendError, BackendStats, Hit, Removed, Stored, Target, TierKind, now_ms};
+use crate::codec::Provenance;
 use crate::keys::{Key, KeyTags, glob_match};
 
 /// Bytes of bookkeeping charged per entry on top of its key and envelope.
@@ -172,6 +173,7 @@ impl Backend for Memory {
             access_count,
             previous_read_ms,
             tier: TierKind::Memory,
+            provenance: Provenance::ThisProcess,
             fallback: false,
         }))
     }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::codec::Provenance;
 use crate::keys::{CacheType, Key, Selector};
 
 /// Which tier a value came from.
@@ -41,6 +42,8 @@ pub struct Hit {
     pub previous_read_ms: u64,
     /// Which tier answered.
     pub tier: TierKind,
+    /// Where the envelope's bytes have been: what decoding them must verify.
+    pub provenance: Provenance,
     /// Whether the answer comes from the memory fallback during a Redis outage.
     pub fallback: bool,
 }

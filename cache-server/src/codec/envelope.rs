@@ -70,18 +70,28 @@ pub fn encode(header: &Header, codec: Codec, payload: &[u8]) -> Bytes {
     Bytes::from(buf)
 }
 
+/// Where stored bytes have been since [`encode`] produced them: what decoding them must verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provenance {
+    /// They never left this process (the memory tier holds exactly what [`encode`] produced): the structure is
+    /// checked, the two checksum passes are skipped.
+    ThisProcess,
+    /// They came back from outside (Redis): every checksum is verified.
+    Outside,
+}
+
+/// Decodes an envelope with the checks `provenance` requires: the reader passes the provenance its tier
+/// reported and never chooses the checks itself. Never panics.
+pub fn decode_from(stored: Bytes, provenance: Provenance) -> Result<Envelope, CodecError> {
+    decode_checked(stored, provenance == Provenance::Outside)
+}
+
 /// Decodes an envelope without copying the payload (a slice of `stored`).
 ///
 /// Verifies the magic, version, codec, header checksum, payload length and payload
 /// checksum, and for [`Codec::None`] that the payload is `size_bytes` long. Never panics.
 pub fn decode(stored: Bytes) -> Result<Envelope, CodecError> {
     decode_checked(stored, true)
-}
-
-/// [`decode`] without the two checksum passes, for an envelope that never left this process (the memory
-/// tier holds exactly the bytes [`encode`] produced). The structure is still checked; never panics.
-pub fn decode_trusted(stored: Bytes) -> Result<Envelope, CodecError> {
-    decode_checked(stored, false)
 }
 
 fn decode_checked(stored: Bytes, verify_checksums: bool) -> Result<Envelope, CodecError> {
@@ -256,7 +266,7 @@ mod tests {
     fn trusted_decode_skips_only_the_checksums() {
         let value = json_like(4096);
         let stored = encode(&sample_header(value.len() as u64), Codec::None, &value);
-        let trusted = decode_trusted(stored.clone()).expect("decodes");
+        let trusted = decode_from(stored.clone(), Provenance::ThisProcess).expect("decodes");
         let checked = decode(stored.clone()).expect("decodes");
         assert_eq!(trusted.header, checked.header);
         assert_eq!(trusted.payload, checked.payload);
@@ -267,11 +277,11 @@ mod tests {
             decode(Bytes::from(flipped.clone())),
             Err(CodecError::PayloadChecksum)
         ));
-        assert!(decode_trusted(Bytes::from(flipped)).is_ok());
+        assert!(decode_from(Bytes::from(flipped), Provenance::ThisProcess).is_ok());
         // Structure is still checked: a truncated envelope is refused either way.
         let truncated = stored.slice(..stored.len() - 1);
         assert!(matches!(
-            decode_trusted(truncated),
+            decode_from(truncated, Provenance::ThisProcess),
             Err(CodecError::Truncated)
         ));
     }

@@ -64,7 +64,7 @@ mod header;
 mod test_support;
 
 pub use compress::{CompressionPolicy, CompressionRequest, compress, decompress, should_offload};
-pub use envelope::{ENVELOPE_VERSION, Envelope, Header, decode, decode_trusted, encode};
+pub use envelope::{ENVELOPE_VERSION, Envelope, Header, Provenance, decode, decode_from, encode};
 
 /// The compression applied to a stored payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

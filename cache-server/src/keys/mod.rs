@@ -36,7 +36,7 @@ mod test_support;
 pub use cache_type::CacheType;
 pub use field::{InvalidField, check_text};
 pub use glob::glob_match;
-pub use options::{canonical_options_json, options_struct};
+pub use options::canonical_options_json;
 pub use render::{escape_into, parse_rendered};
 pub use selector::Selector;
 

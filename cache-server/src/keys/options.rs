@@ -1,5 +1,4 @@
-//! Export options: their canonical JSON, the MD5 of it that rendered export keys carry, and the way back to a
-//! `Struct`.
+//! Export options: their canonical JSON and the MD5 of it that rendered export keys carry.
 
 use std::fmt::Write as _;
 
@@ -75,19 +74,6 @@ fn write_value(out: &mut String, v: &prost_types::Value) -> Result<(), String> {
 
 fn write_json_string(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).expect("serializing a str cannot fail"));
-}
-
-/// Converts canonical options JSON back to a `Struct` for `CacheEntry.export_options`.
-pub fn options_struct(options_json: &str) -> Option<prost_types::Struct> {
-    if options_json.is_empty() {
-        return None;
-    }
-    match serde_json::from_str(options_json).ok()? {
-        serde_json::Value::Object(object) => {
-            Some(cache_proto::json::struct_from_json_object(object))
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]

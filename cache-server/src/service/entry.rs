@@ -4,7 +4,7 @@ use cache_proto::pb;
 
 use crate::backend::{Hit, TierKind};
 use crate::codec::{self, Codec, Header};
-use crate::keys::{Key, options_struct};
+use crate::keys::Key;
 
 pub(super) fn timestamp(ms: u64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -34,6 +34,7 @@ impl Origin {
 
 pub(super) fn entry_message(
     key: &Key,
+    export_options: Option<prost_types::Struct>,
     header: &Header,
     codec: Codec,
     stored_bytes: u64,
@@ -59,7 +60,7 @@ pub(super) fn entry_message(
         r#type: key.tags.cache_type.to_proto() as i32,
         format: key.format.clone(),
         model_hash: header.model_hash.clone(),
-        export_options: options_struct(&header.export_options_json),
+        export_options,
         created_at: Some(timestamp(header.created_at_ms)),
         expires_at: Some(timestamp(header.expires_at_ms)),
         // The contract: equals created_at until the first read.

@@ -1,4 +1,5 @@
-//! The `cache.v1.CacheService` handlers: validate → codec → backend → reply.
+//! The `cache.v1.CacheService` handlers. A Get: validate → key → tier → codec → reply; a Set: validate → key →
+//! codec → tier → reply (docs/design/README.md).
 //!
 //! - [`entry`]: the `CacheEntry` an answer describes an entry with.
 //! - [`metrics_reply`]: the Metrics RPC's answer.
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use cache_proto::pb;
 use tonic::{Request, Response, Status};
 
-use crate::backend::{Backend, Target, TierKind, now_ms};
+use crate::backend::{Backend, Target, now_ms};
 use crate::codec::{self, Codec, CompressionPolicy, CompressionRequest, Header};
 use crate::config::Config;
 use crate::error::CacheError;
@@ -54,6 +55,8 @@ struct Inner {
 /// A validated Set, ready to encode.
 struct SetPlan {
     key: Key,
+    /// The request's export options, answered back in the entry (see [`request_options`]).
+    options: Option<prost_types::Struct>,
     value: Bytes,
     ttl: Duration,
     request: CompressionRequest,
@@ -106,8 +109,15 @@ impl CacheService {
 
 impl Inner {
     /// Validates a Set; error paths are relative to the request (SetMany prefixes them with `within`).
-    fn validate_set(&self, req: pb::SetRequest) -> Result<SetPlan, InvalidField> {
+    fn validate_set(&self, mut req: pb::SetRequest) -> Result<SetPlan, InvalidField> {
         let key = self.keyspace.key(req.key.as_ref(), "key")?;
+        // Moved out of the request, which is consumed here (a Get clones it: see `request_options`).
+        let options = (!key.options_json.is_empty()).then(|| {
+            req.key
+                .as_mut()
+                .and_then(|k| k.options.take())
+                .unwrap_or_default()
+        });
         let max = self.config.max_value_bytes;
         if req.value.len() as u64 > max {
             return Err(InvalidField::new(
@@ -179,6 +189,7 @@ impl Inner {
         };
         Ok(SetPlan {
             key,
+            options,
             value: req.value,
             ttl,
             request,
@@ -190,6 +201,7 @@ impl Inner {
     async fn set(&self, plan: SetPlan) -> Result<pb::SetResponse, CacheError> {
         let SetPlan {
             key,
+            options,
             value,
             ttl,
             request,
@@ -225,7 +237,7 @@ impl Inner {
             access_count: 0,
             last_accessed_ms: 0,
         };
-        let entry = entry_message(&key, &header, codec, stored_len, &origin);
+        let entry = entry_message(&key, options, &header, codec, stored_len, &origin);
         Ok(pb::SetResponse {
             stored: true,
             entry: Some(entry),
@@ -249,13 +261,8 @@ impl Inner {
             self.metrics.record_get(cache_type, false);
             return Ok(pb::GetResponse::default());
         };
-        // Envelopes from the memory tier were encoded by this process and never left it: their checksums
-        // are not recomputed on every read (Redis's are).
-        let decoded = match hit.tier {
-            TierKind::Memory => codec::decode_trusted(hit.envelope.clone()),
-            TierKind::Redis => codec::decode(hit.envelope.clone()),
-        };
-        let envelope = match decoded {
+        // The tier said where the bytes have been; the codec decides what that requires verifying.
+        let envelope = match codec::decode_from(hit.envelope.clone(), hit.provenance) {
             Ok(e) => e,
             Err(err) => {
                 self.metrics.corrupt.fetch_add(1, Relaxed);
@@ -284,6 +291,7 @@ impl Inner {
         self.metrics.record_get(cache_type, true);
         let entry = entry_message(
             key,
+            request_options(key, req.key.as_ref()),
             &envelope.header,
             envelope.codec,
             envelope.payload.len() as u64,
@@ -403,6 +411,20 @@ impl Inner {
         }
         Ok(pb::SetManyResponse { responses })
     }
+}
+
+/// The export options an answered entry carries: the request's own `Struct`, which names the same options as the
+/// stored canonical JSON (the key is derived from that JSON), so a hit never parses the JSON back. `None` for
+/// the cache types without options; an export without options answers an empty `Struct`, as it is stored (`{}`).
+fn request_options(key: &Key, requested: Option<&pb::CacheKey>) -> Option<prost_types::Struct> {
+    if key.options_json.is_empty() {
+        return None;
+    }
+    Some(
+        requested
+            .and_then(|k| k.options.clone())
+            .unwrap_or_default(),
+    )
 }
 
 fn target_label(target: &Target) -> &'static str {

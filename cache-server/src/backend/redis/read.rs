@@ -15,6 +15,7 @@ use futures::StreamExt as _;
 use super::layout::{EntryKeys, Pointer, meta_reads, snapshot_matches};
 use super::{Redis, TIER};
 use crate::backend::{BackendError, Hit, TierKind, now_ms};
+use crate::codec::Provenance;
 use crate::keys::Key;
 
 /// A large value's blob is read in ranges of this many bytes.
@@ -130,6 +131,7 @@ impl Redis {
             access_count,
             previous_read_ms,
             tier: TierKind::Redis,
+            provenance: Provenance::Outside,
             fallback: false,
         }))
     }

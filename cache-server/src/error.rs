@@ -6,6 +6,8 @@
 //! | backend unavailable or over its command budget (no tier could serve) | `UNAVAILABLE` | yes |
 //! | an invalidation that did not reach the shared store (Redis down) | `UNAVAILABLE` | yes |
 //! | backend out of memory / value larger than a tier can hold | `RESOURCE_EXHAUSTED` | later |
+//! | in-flight memory budget full (`CACHE_MAX_INFLIGHT_MB`) | `RESOURCE_EXHAUSTED` | later |
+//! | a reply larger than the largest message the server sends | `RESOURCE_EXHAUSTED` | no: ask for less |
 //! | bug or unexpected reply | `INTERNAL` | no |
 //!
 //! A miss is not an error, and a stored value that fails to decode is counted and served as a miss.
@@ -24,6 +26,19 @@ pub enum CacheError {
     /// The storage tier failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The in-flight memory budget has no room for the call.
+    #[error(transparent)]
+    Exhausted(#[from] crate::inflight::Exhausted),
+    /// The reply would be larger than the largest message the server sends.
+    #[error(
+        "the reply would be {bytes} bytes, more than the largest message this server sends ({limit} bytes): ask for fewer keys per GetMany, or metadata_only"
+    )]
+    ReplyTooLarge {
+        /// The reply's size.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// An internal failure (e.g. a panicked compression task).
     #[error("internal error: {0}")]
     Internal(String),
@@ -39,9 +54,9 @@ impl CacheError {
                 | BackendError::Timeout { .. }
                 | BackendError::NotShared { .. },
             ) => Code::Unavailable,
-            Self::Backend(BackendError::TooLarge { .. } | BackendError::Refused { .. }) => {
-                Code::ResourceExhausted
-            }
+            Self::Backend(BackendError::TooLarge { .. } | BackendError::Refused { .. })
+            | Self::Exhausted(_)
+            | Self::ReplyTooLarge { .. } => Code::ResourceExhausted,
             Self::Backend(BackendError::Internal { .. }) | Self::Internal(_) => Code::Internal,
         }
     }

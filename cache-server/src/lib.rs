@@ -10,6 +10,8 @@
 //! - `error`: the error type and its one mapping to gRPC codes.
 //! - `metrics`: hot-path counters; `prometheus`: their Prometheus encoding and the `/metrics` endpoint.
 //! - `server`: wiring, background tasks and graceful shutdown ([`run`]).
+//! - `connections`: connection limits, the idle timeout and accept back-off; `inflight`: the memory budget of
+//!   calls in flight.
 //! - `telemetry`: logs and OpenTelemetry traces.
 //! - `malloc`: glibc allocator settings that keep resident memory near the configured capacity.
 //!
@@ -23,7 +25,9 @@
 mod backend;
 mod codec;
 pub mod config;
+mod connections;
 mod error;
+mod inflight;
 mod keys;
 mod malloc;
 mod metrics;

@@ -5,6 +5,7 @@
 //! The histogram is this module's own: `prometheus_client`'s locks a mutex on every observation and keeps
 //! its buckets private, and the Metrics RPC computes its percentiles from the buckets.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -203,6 +204,8 @@ pub struct Metrics {
     pub corrupt: AtomicU64,
     /// Entries removed by Invalidate (all kinds).
     pub invalidated: AtomicU64,
+    /// Client connections.
+    pub connections: Arc<crate::connections::ConnectionStats>,
 }
 
 impl Default for Metrics {
@@ -215,6 +218,7 @@ impl Default for Metrics {
             stored_bytes: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
             invalidated: AtomicU64::new(0),
+            connections: Arc::default(),
         }
     }
 }

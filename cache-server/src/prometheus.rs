@@ -34,12 +34,18 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Encodes every metric in the Prometheus text format (version 0.0.4).
-pub fn render(metrics: &Arc<Metrics>, mode: &'static str, stats: BackendStats) -> String {
+pub fn render(
+    metrics: &Arc<Metrics>,
+    mode: &'static str,
+    stats: BackendStats,
+    inflight: Inflight,
+) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Scrape {
         metrics: metrics.clone(),
         mode,
         stats,
+        inflight,
     }));
     let mut out = String::with_capacity(16 << 10);
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
@@ -71,6 +77,16 @@ struct Scrape {
     metrics: Arc<Metrics>,
     mode: &'static str,
     stats: BackendStats,
+    inflight: Inflight,
+}
+
+/// The in-flight budget at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inflight {
+    /// Bytes held by calls now.
+    pub in_use: u64,
+    /// The budget.
+    pub budget: u64,
 }
 
 /// Picks one counter of a type's counters.
@@ -96,6 +112,57 @@ impl Collector for Scrape {
             None,
             MetricType::Gauge,
         )?)?;
+        let c = &*m.connections;
+        let gauges: [(&str, &str, u64); 3] = [
+            (
+                "cache_connections_open",
+                "Client connections open now.",
+                c.open.load(Relaxed),
+            ),
+            (
+                "cache_inflight_bytes",
+                "Bytes of the in-flight budget held by calls now (CACHE_MAX_INFLIGHT_MB).",
+                self.inflight.in_use,
+            ),
+            (
+                "cache_inflight_budget_bytes",
+                "The in-flight budget (CACHE_MAX_INFLIGHT_MB), in bytes.",
+                self.inflight.budget,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            ConstGauge::new(value as i64).encode(out.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        let counters: [(&str, &str, u64); 3] = [
+            (
+                "cache_connections_accepted",
+                "Client connections accepted since start.",
+                c.accepted.load(Relaxed),
+            ),
+            (
+                "cache_connections_closed_idle",
+                "Client connections closed after CACHE_IDLE_TIMEOUT without a call.",
+                c.closed_idle.load(Relaxed),
+            ),
+            (
+                "cache_accept_errors",
+                "Failed accepts (out of descriptors: accepting pauses 100 ms after each).",
+                c.accept_errors.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            ConstCounter::new(value).encode(out.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
 
         let mut family = out.encode_descriptor(
             "cache_request_duration_seconds",
@@ -377,7 +444,7 @@ mod tests {
         m.record_latency(Rpc::Get, Duration::from_millis(3));
         m.record_error(Rpc::Set, tonic::Code::InvalidArgument);
         m.record_set(CacheType::Metadata, 3000, 3000);
-        let text = render(&m, "memory", BackendStats::default());
+        let text = render(&m, "memory", BackendStats::default(), Inflight::default());
         for line in [
             "cache_request_duration_seconds_bucket{rpc=\"Get\",le=\"0.0005\"} 1",
             "cache_request_duration_seconds_bucket{rpc=\"Get\",le=\"+Inf\"} 2",

@@ -15,7 +15,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
 use crate::backend::{Backend, Memory, MemoryOptions, Redis, Tiered};
-use crate::config::{BackendMode, Config};
+use crate::config::{BackendMode, Config, max_message_bytes};
 use crate::keys::Keyspace;
 use crate::metrics::Metrics;
 use crate::service::CacheService;
@@ -23,14 +23,11 @@ use crate::service::CacheService;
 /// How often the health service is re-evaluated from the backend's state.
 pub const HEALTH_POLL: Duration = Duration::from_millis(100);
 
-/// Bytes allowed in a gRPC message beyond the largest value (key, metadata, framing).
-pub const MESSAGE_OVERHEAD_BYTES: usize = 1 << 20;
-
 /// Builds the storage backend for the configured mode.
 pub fn build_backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
     let memory = Memory::new(MemoryOptions {
         capacity_bytes: config.memory_capacity_bytes,
-        max_item_bytes: config.max_value_bytes + MESSAGE_OVERHEAD_BYTES as u64,
+        max_item_bytes: max_message_bytes(config.max_value_bytes),
     });
     if config.backend == BackendMode::Memory {
         return Ok(Arc::new(memory));
@@ -54,8 +51,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let backend = build_backend(&config)?;
     let metrics = Arc::new(Metrics::default());
+    let connections = metrics.connections.clone();
     let service = CacheService::new(config.clone(), backend.clone(), metrics.clone());
-    let max_message = config.max_value_bytes as usize + MESSAGE_OVERHEAD_BYTES;
+    let budget = service.budget();
+    let max_message = max_message_bytes(config.max_value_bytes) as usize;
     let cache_server = CacheServiceServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message)
@@ -83,8 +82,14 @@ pub async fn run(
             Ok(listener) => {
                 tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
                 let (backend, mode) = (backend.clone(), config.backend.as_str());
-                let render: crate::prometheus::Render =
-                    Arc::new(move || crate::prometheus::render(&metrics, mode, backend.stats()));
+                let budget = budget.clone();
+                let render: crate::prometheus::Render = Arc::new(move || {
+                    let inflight = crate::prometheus::Inflight {
+                        in_use: budget.in_use(),
+                        budget: budget.bytes(),
+                    };
+                    crate::prometheus::render(&metrics, mode, backend.stats(), inflight)
+                });
                 tasks.spawn(crate::prometheus::serve(listener, render, cancel.clone()));
             }
             // Metrics are not a reason to refuse cache traffic: say so loudly and keep serving.
@@ -99,16 +104,25 @@ pub async fn run(
     tracing::info!(addr = %local, mode = config.backend.as_str(), "serving cache.v1.CacheService");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    match crate::connections::raise_descriptor_limit() {
+        Ok(limit) => tracing::debug!(limit, "open descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open descriptor limit"),
+    }
+    let limits = crate::connections::Limits {
+        max_connections: config.max_connections,
+        idle_timeout: Some(config.idle_timeout).filter(|t| !t.is_zero()),
+    };
+    let incoming = crate::connections::incoming(listener, limits, connections.clone());
     let serve = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .max_concurrent_streams(Some(1024))
         .http2_max_pending_accept_reset_streams(Some(20))
         .http2_max_local_error_reset_streams(Some(1024))
         .initial_stream_window_size(Some(1 << 20))
         .initial_connection_window_size(Some(8 << 20))
         .trace_fn(crate::telemetry::grpc_span)
+        .layer(crate::connections::CallsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

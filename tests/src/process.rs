@@ -39,6 +39,8 @@ pub fn server_binary() -> PathBuf {
 #[derive(Debug)]
 pub struct ServerProcess {
     addr: SocketAddr,
+    /// `RLIMIT_NOFILE` (soft and hard) the binary starts with, through `prlimit`.
+    nofile: Option<u64>,
     env: Vec<(String, String)>,
     args: Vec<String>,
     child: Option<tokio::process::Child>,
@@ -53,9 +55,24 @@ impl ServerProcess {
     /// # Panics
     /// If it exits or does not listen within [`READY_TIMEOUT`].
     pub async fn start(env: &[(&str, &str)], args: &[&str]) -> ServerProcess {
+        Self::launch(None, env, args).await
+    }
+
+    /// [`ServerProcess::start`] with at most `limit` open descriptors (soft and hard, so the server cannot
+    /// raise it), through util-linux's `prlimit`.
+    pub async fn start_with_descriptor_limit(
+        limit: u64,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> ServerProcess {
+        Self::launch(Some(limit), env, args).await
+    }
+
+    async fn launch(nofile: Option<u64>, env: &[(&str, &str)], args: &[&str]) -> ServerProcess {
         let port = free_port();
         let mut server = ServerProcess {
             addr: format!("127.0.0.1:{port}").parse().expect("address"),
+            nofile,
             env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -66,6 +83,47 @@ impl ServerProcess {
         };
         server.spawn().await;
         server
+    }
+
+    /// Its process id.
+    ///
+    /// # Panics
+    /// If it is not running.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .expect("cache-server is running")
+    }
+
+    /// A line of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+    ///
+    /// # Panics
+    /// If it is not running.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+
+    /// CPU time it has used so far (user + system).
+    ///
+    /// # Panics
+    /// If it is not running.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/<pid>/stat");
+        // Fields after the command name (which may hold spaces) start at the last ')'.
+        let after = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command name.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // USER_HZ is 100 on Linux.
+        Duration::from_millis(ticks * 10)
     }
 
     /// Starts it again (after it exited or was killed) with the same settings, on the same address, and
@@ -84,7 +142,16 @@ impl ServerProcess {
             .append(true)
             .open(self.log.path())
             .expect("log file");
-        let mut cmd = tokio::process::Command::new(server_binary());
+        let mut cmd = match self.nofile {
+            Some(limit) => {
+                let mut cmd = tokio::process::Command::new("prlimit");
+                cmd.arg(format!("--nofile={limit}:{limit}"))
+                    .arg("--")
+                    .arg(server_binary());
+                cmd
+            }
+            None => tokio::process::Command::new(server_binary()),
+        };
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", std::env::var_os("HOME").unwrap_or_default())

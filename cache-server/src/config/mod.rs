@@ -82,6 +82,18 @@ settings! {
         log_format: LogFormat = "text", env "LOG_FORMAT", flag "log-format";
         /// Prometheus `/metrics` address, or `off`
         metrics_listen: MetricsListen = "0.0.0.0:9090", env "CACHE_METRICS_LISTEN", flag "metrics-listen";
+        /// memory budget in MiB for work in flight (values being stored, replies being built and sent); a call that does not fit waits 500 ms, then fails with `RESOURCE_EXHAUSTED`
+        #[raw]
+        max_inflight_mb: u64 = unset ("a quarter of max_size_mb, at least 4 x the largest message"),
+            env "CACHE_MAX_INFLIGHT_MB", flag "max-inflight-mb";
+        /// connections with no call for this long are closed (`0s`: never)
+        idle_timeout: HumanDuration = "5m", env "CACHE_IDLE_TIMEOUT", flag "idle-timeout";
+        /// most client connections served at once; more wait in the listen backlog
+        max_connections: usize = "4096", env "CACHE_MAX_CONNECTIONS", flag "max-connections";
+        /// HTTP/2 keepalive: a PING after this long without frames from the client
+        keepalive_interval: HumanDuration = "30s", env "CACHE_KEEPALIVE_INTERVAL", flag "keepalive-interval";
+        /// HTTP/2 keepalive: the connection is closed when a PING is not answered within this
+        keepalive_timeout: HumanDuration = "10s", env "CACHE_KEEPALIVE_TIMEOUT", flag "keepalive-timeout";
     }
     nested {
         /// Redis settings (the `[redis]` table).
@@ -95,6 +107,9 @@ settings! {
         /// AUTO compression threshold in bytes: `compression_threshold_bytes`, else
         /// `compression_threshold_mb` MiB.
         compression_threshold_bytes: u64 = compression_threshold_bytes;
+        /// The in-flight memory budget in bytes: `max_inflight_mb` MiB, else a quarter of the memory tier's
+        /// capacity and at least four of the largest messages.
+        max_inflight_bytes: u64 = max_inflight_bytes;
     }
 }
 
@@ -145,6 +160,24 @@ fn default_ttl_override(s: &Settings) -> Result<Option<Duration>, ConfigError> {
 
 fn memory_capacity_bytes(s: &Settings) -> Result<u64, ConfigError> {
     Ok(s.max_size_mb().saturating_mul(1 << 20))
+}
+
+/// The largest gRPC message the server receives or sends, for a largest value of `max_value_bytes`.
+pub fn max_message_bytes(max_value_bytes: u64) -> u64 {
+    max_value_bytes + MESSAGE_OVERHEAD_BYTES
+}
+
+/// Bytes allowed in a gRPC message beyond the largest value (key, metadata, framing).
+pub const MESSAGE_OVERHEAD_BYTES: u64 = 1 << 20;
+
+fn max_inflight_bytes(s: &Settings) -> Result<u64, ConfigError> {
+    Ok(match s.max_inflight_mb() {
+        Some(mb) => mb.saturating_mul(1 << 20),
+        None => {
+            let capacity = s.max_size_mb().saturating_mul(1 << 20);
+            (capacity / 4).max(4 * max_message_bytes(s.max_value_bytes()))
+        }
+    })
 }
 
 fn compression_threshold_bytes(s: &Settings) -> Result<u64, ConfigError> {
@@ -290,6 +323,21 @@ impl Config {
                 self.memory_capacity_bytes >> 20,
                 self.max_value_bytes >> 20
             ));
+        }
+        // A Set holds its value and its envelope: the largest must fit, or it could never be stored.
+        let one_set = 2 * max_message_bytes(self.max_value_bytes);
+        if self.max_inflight_bytes < one_set {
+            return invalid(format!(
+                "max_inflight_mb ({} MiB) must be at least 2 x (max_value_bytes + 1 MiB) = {} MiB, so the largest value can be stored and read",
+                self.max_inflight_bytes >> 20,
+                one_set.div_ceil(1 << 20)
+            ));
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections must be at least 1".into());
+        }
+        if self.keepalive_interval.is_zero() || self.keepalive_timeout.is_zero() {
+            return invalid("keepalive_interval and keepalive_timeout must be positive".into());
         }
         if self.default_ttl_override == Some(Duration::ZERO) {
             return invalid("ttl_seconds must be positive".into());

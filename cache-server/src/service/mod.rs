@@ -3,9 +3,11 @@
 //!
 //! - [`entry`]: the `CacheEntry` an answer describes an entry with.
 //! - [`metrics_reply`]: the Metrics RPC's answer.
+//! - [`read`]: Get and GetMany.
 
 mod entry;
 mod metrics_reply;
+mod read;
 
 use entry::{Origin, entry_message};
 
@@ -18,9 +20,10 @@ use cache_proto::pb;
 use tonic::{Request, Response, Status};
 
 use crate::backend::{Backend, Target, now_ms};
-use crate::codec::{self, Codec, CompressionPolicy, CompressionRequest, Header};
+use crate::codec::{self, CompressionPolicy, CompressionRequest, Header};
 use crate::config::Config;
 use crate::error::CacheError;
+use crate::inflight::{Budget, Permit, ReplyPermit};
 use crate::keys::{InvalidField, Key, Keyspace, check_text};
 use crate::metrics::{Metrics, Rpc};
 
@@ -34,8 +37,6 @@ pub const MAX_MODEL_HASH_BYTES: usize = 512;
 pub const MAX_METADATA_PAIRS: usize = 64;
 /// Most metadata bytes (keys + values) accepted per entry.
 pub const MAX_METADATA_BYTES: usize = 16 << 10;
-/// Stored payloads at least this large are decompressed on the blocking pool.
-const OFFLOAD_DECOMPRESS_BYTES: usize = 256 << 10;
 
 /// The gRPC service: cheap to clone, shared state behind an `Arc`.
 #[derive(Debug, Clone)]
@@ -50,6 +51,10 @@ struct Inner {
     config: Config,
     policy: CompressionPolicy,
     metrics: Arc<Metrics>,
+    /// The in-flight memory budget (`CACHE_MAX_INFLIGHT_MB`).
+    budget: Arc<Budget>,
+    /// The largest reply the server sends (the encoding limit of its messages).
+    max_reply_bytes: u64,
 }
 
 /// A validated Set, ready to encode.
@@ -67,12 +72,14 @@ struct SetPlan {
 impl CacheService {
     /// Builds the service over a backend.
     pub fn new(config: Config, backend: Arc<dyn Backend>, metrics: Arc<Metrics>) -> Self {
+        let budget = Arc::new(Budget::new(config.max_inflight_bytes));
         let policy = CompressionPolicy {
             threshold_bytes: config.compression_threshold_bytes,
             max_value_bytes: config.max_value_bytes,
             ..CompressionPolicy::default()
         };
         let keyspace = Keyspace::new(&config.prefix, &config.namespace);
+        let max_reply_bytes = crate::config::max_message_bytes(config.max_value_bytes);
         Self {
             inner: Arc::new(Inner {
                 keyspace,
@@ -80,8 +87,15 @@ impl CacheService {
                 config,
                 policy,
                 metrics,
+                budget,
+                max_reply_bytes,
             }),
         }
+    }
+
+    /// The in-flight memory budget the calls share.
+    pub fn budget(&self) -> Arc<Budget> {
+        self.inner.budget.clone()
     }
 
     /// Records the call's latency (and error) and turns the result into the gRPC answer.
@@ -91,11 +105,25 @@ impl CacheService {
         started: Instant,
         result: Result<T, CacheError>,
     ) -> Result<Response<T>, Status> {
+        self.finish_holding(rpc, started, result.map(|answer| (answer, None)))
+    }
+
+    /// [`Self::finish`] for an answer whose bytes are held in the in-flight budget until it has been sent.
+    fn finish_holding<T>(
+        &self,
+        rpc: Rpc,
+        started: Instant,
+        result: Result<(T, Option<Permit>), CacheError>,
+    ) -> Result<Response<T>, Status> {
         self.inner.metrics.record_latency(rpc, started.elapsed());
         match result {
-            Ok(answer) => {
+            Ok((answer, permit)) => {
                 crate::telemetry::record_status(tonic::Code::Ok);
-                Ok(Response::new(answer))
+                let mut response = Response::new(answer);
+                if let Some(permit) = permit {
+                    response.extensions_mut().insert(ReplyPermit::new(permit));
+                }
+                Ok(response)
             }
             Err(err) => {
                 let status = Status::from(err);
@@ -209,6 +237,8 @@ impl Inner {
             only_if_absent,
         } = plan;
         let size = value.len() as u64;
+        // The value and the envelope made of it, until the Set is answered.
+        let _permit = self.budget.acquire(2 * size).await?;
         let (codec, stored) = if codec::should_offload(value.len(), request, &self.policy) {
             let policy = self.policy;
             let value = value.clone();
@@ -242,81 +272,6 @@ impl Inner {
             stored: true,
             entry: Some(entry),
         })
-    }
-
-    async fn get(&self, req: &pb::GetRequest) -> Result<pb::GetResponse, CacheError> {
-        let key = self.keyspace.key(req.key.as_ref(), "key")?;
-        self.get_key(&key, req).await
-    }
-
-    /// Get for a key already validated (GetMany validates every key before reading any).
-    async fn get_key(
-        &self,
-        key: &Key,
-        req: &pb::GetRequest,
-    ) -> Result<pb::GetResponse, CacheError> {
-        let hit = crate::telemetry::traced("backend.get", self.backend.get(key)).await?;
-        let cache_type = key.tags.cache_type;
-        let Some(hit) = hit else {
-            self.metrics.record_get(cache_type, false);
-            return Ok(pb::GetResponse::default());
-        };
-        // The tier said where the bytes have been; the codec decides what that requires verifying.
-        let envelope = match codec::decode_from(hit.envelope.clone(), hit.provenance) {
-            Ok(e) => e,
-            Err(err) => {
-                self.metrics.corrupt.fetch_add(1, Relaxed);
-                self.metrics.record_get(cache_type, false);
-                tracing::warn!(error = %err, cache_type = cache_type.label(), "stored value failed to decode; served as a miss");
-                return Ok(pb::GetResponse::default());
-            }
-        };
-        if !req.model_hash.is_empty() && envelope.header.model_hash != req.model_hash {
-            self.metrics.record_get(cache_type, false);
-            return Ok(pb::GetResponse::default());
-        }
-        let value = if req.metadata_only {
-            Bytes::new()
-        } else {
-            match self.decompress(&envelope).await {
-                Ok(v) => v,
-                Err(err) => {
-                    self.metrics.corrupt.fetch_add(1, Relaxed);
-                    self.metrics.record_get(cache_type, false);
-                    tracing::warn!(error = %err, cache_type = cache_type.label(), "stored value failed to decompress; served as a miss");
-                    return Ok(pb::GetResponse::default());
-                }
-            }
-        };
-        self.metrics.record_get(cache_type, true);
-        let entry = entry_message(
-            key,
-            request_options(key, req.key.as_ref()),
-            &envelope.header,
-            envelope.codec,
-            envelope.payload.len() as u64,
-            &Origin::of_hit(&hit),
-        );
-        Ok(pb::GetResponse {
-            found: true,
-            value,
-            entry: Some(entry),
-        })
-    }
-
-    async fn decompress(&self, envelope: &codec::Envelope) -> Result<Bytes, CacheError> {
-        let size = envelope.header.size_bytes;
-        let result = if envelope.codec != Codec::None
-            && envelope.payload.len() >= OFFLOAD_DECOMPRESS_BYTES
-        {
-            let (c, payload, policy) = (envelope.codec, envelope.payload.clone(), self.policy);
-            tokio::task::spawn_blocking(move || codec::decompress(c, &payload, size, &policy))
-                .await
-                .map_err(|e| CacheError::Internal(format!("decompression task failed: {e}")))?
-        } else {
-            codec::decompress(envelope.codec, &envelope.payload, size, &self.policy)
-        };
-        result.map_err(|e| CacheError::Internal(e.to_string()))
     }
 
     async fn invalidate(&self, req: pb::InvalidateRequest) -> Result<u64, CacheError> {
@@ -354,49 +309,11 @@ impl Inner {
         Ok(removed)
     }
 
-    async fn get_many(
-        &self,
-        requests: Vec<pb::GetRequest>,
-    ) -> Result<pb::GetManyResponse, CacheError> {
-        if requests.len() > MAX_BATCH {
-            return Err(InvalidField::new(
-                "requests",
-                format!("has {} items, more than {MAX_BATCH}", requests.len()),
-            )
-            .into());
-        }
-        // Validate every key first so one bad request fails the call before any work is done.
-        let keys = requests
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                self.keyspace
-                    .key(r.key.as_ref(), "key")
-                    .map_err(|e| e.within(&format!("requests[{i}]")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let answers = futures::future::join_all(
-            keys.iter()
-                .zip(&requests)
-                .map(|(key, r)| self.get_key(key, r)),
-        )
-        .await;
-        Ok(pb::GetManyResponse {
-            responses: answers.into_iter().collect::<Result<Vec<_>, _>>()?,
-        })
-    }
-
     async fn set_many(
         &self,
         requests: Vec<pb::SetRequest>,
     ) -> Result<pb::SetManyResponse, CacheError> {
-        if requests.len() > MAX_BATCH {
-            return Err(InvalidField::new(
-                "requests",
-                format!("has {} items, more than {MAX_BATCH}", requests.len()),
-            )
-            .into());
-        }
+        check_batch(requests.len())?;
         let plans = requests
             .into_iter()
             .enumerate()
@@ -411,6 +328,17 @@ impl Inner {
         }
         Ok(pb::SetManyResponse { responses })
     }
+}
+
+/// Refuses a GetMany / SetMany of more than [`MAX_BATCH`] requests.
+fn check_batch(len: usize) -> Result<(), InvalidField> {
+    if len > MAX_BATCH {
+        return Err(InvalidField::new(
+            "requests",
+            format!("has {len} items, more than {MAX_BATCH}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The export options an answered entry carries: the request's own `Struct`, which names the same options as the
@@ -444,7 +372,7 @@ impl pb::cache_service_server::CacheService for CacheService {
     ) -> Result<Response<pb::GetResponse>, Status> {
         let started = Instant::now();
         let result = self.inner.get(request.get_ref()).await;
-        self.finish(Rpc::Get, started, result)
+        self.finish_holding(Rpc::Get, started, result)
     }
 
     async fn set(
@@ -487,7 +415,7 @@ impl pb::cache_service_server::CacheService for CacheService {
     ) -> Result<Response<pb::GetManyResponse>, Status> {
         let started = Instant::now();
         let result = self.inner.get_many(request.into_inner().requests).await;
-        self.finish(Rpc::GetMany, started, result)
+        self.finish_holding(Rpc::GetMany, started, result)
     }
 
     async fn set_many(

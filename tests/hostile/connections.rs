@@ -118,3 +118,92 @@ async fn out_of_descriptors_the_server_neither_spins_nor_stays_stuck() {
     );
     drop(idle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_and_stream_floods_leave_other_clients_served() {
+    let server = ServerProcess::start(&[("CACHE_BACKEND", "memory")], &[]).await;
+    let mut client = server.client().await;
+    let k = key(pb::CacheType::Metadata, "steady");
+    client.set(set_req(k.clone(), &b"v"[..])).await.unwrap();
+    let rss_before = server.status_kib("VmRSS");
+
+    // Rapid reset (CVE-2023-44487): streams opened and cancelled at once, as fast as the client can.
+    let tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let (mut send, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    let driver = tokio::spawn(connection);
+    let started = Instant::now();
+    let mut reset = 0u32;
+    for _ in 0..10_000 {
+        let Ok(ready) = send.clone().ready().await else {
+            break;
+        };
+        send = ready;
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{}/cache.v1.CacheService/Get",
+                server.addr()
+            ))
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let Ok((_, mut stream)) = send.send_request(request, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        reset += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    eprintln!(
+        "hostile connections: rapid reset: {reset} streams reset in {:?}; the server ended the connection: {}",
+        started.elapsed(),
+        ended.is_ok()
+    );
+    assert!(
+        ended.is_ok(),
+        "the server kept a rapid-reset connection open"
+    );
+
+    // A flood of half-sent calls, each with a partial body that never completes.
+    let tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let (mut send, connection) = h2::client::handshake(tcp).await.expect("handshake");
+    let _driver = tokio::spawn(connection);
+    let mut open = Vec::new();
+    for _ in 0..10_000 {
+        let Ok(Ok(ready)) =
+            tokio::time::timeout(Duration::from_millis(200), send.clone().ready()).await
+        else {
+            break;
+        };
+        send = ready;
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{}/cache.v1.CacheService/Get",
+                server.addr()
+            ))
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let Ok((response, mut stream)) = send.send_request(request, false) else {
+            break;
+        };
+        // A frame header announcing 1 KiB, and 3 bytes of it.
+        let _ = stream.send_data(bytes::Bytes::from_static(&[0, 0, 0, 4, 0, 1, 2, 3]), false);
+        open.push((response, stream));
+    }
+    let (_, p99) = crate::small_gets(server.addr(), &k, 200).await;
+    let rss = server.status_kib("VmRSS");
+    eprintln!(
+        "hostile connections: {} half-sent calls on one connection (the server admits 1,024 at once, SETTINGS_MAX_CONCURRENT_STREAMS; the client queues the rest); small Gets p99 {p99:?}; RSS {} -> {} MiB",
+        open.len(),
+        rss_before >> 10,
+        rss >> 10
+    );
+    assert!(
+        rss < rss_before + (64 << 10),
+        "RSS grew by {} KiB",
+        rss - rss_before
+    );
+    assert!(p99 < Duration::from_millis(100), "small Gets p99 {p99:?}");
+}

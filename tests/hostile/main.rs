@@ -9,6 +9,7 @@
 mod budget;
 mod connections;
 mod requests;
+mod stored;
 
 use std::time::{Duration, Instant};
 

@@ -8,6 +8,7 @@
 
 mod budget;
 mod connections;
+mod overload;
 mod requests;
 mod stored;
 

@@ -24,7 +24,7 @@ mod trace;
 pub use fault_proxy::{FaultProxy, Mode};
 pub use gated_proxy::GatedProxy;
 pub use ports::free_port;
-pub use process::ServerProcess;
+pub use process::{ServerProcess, server_binary};
 pub use raw::{
     RawCodec, append_message_field, key_bytes_with_options, raw_unary, request_bytes_with_key,
     struct_bytes_in_order,

@@ -9,6 +9,7 @@
 //!   counts is calls, tracked by [`Calls`] around the service: HTTP/2 PINGs and other frames do not keep a
 //!   connection alive, so a client that connects and never calls gives its descriptor back.
 //! - [`raise_descriptor_limit`] raises the soft `RLIMIT_NOFILE` to the hard limit at start.
+//! - With TLS ([`crate::tls`]), each handshake runs in a task of its own, at most [`HANDSHAKE_TIMEOUT`].
 
 use std::future::Future;
 use std::io;
@@ -53,51 +54,107 @@ pub struct ConnectionStats {
     pub closed_idle: AtomicU64,
     /// Accept errors (each followed by a pause when they mean "out of descriptors").
     pub accept_errors: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub handshake_failures: AtomicU64,
 }
 
-/// The accepted connections, as tonic serves them. Never yields an error and never ends.
+/// How long a client may take to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The accepted connections, as tonic serves them: accepted (and, with `tls`, through their handshake, each
+/// in a task of its own so a slow client holds nobody else) by a task that ends when the stream is dropped.
+/// Never yields an error.
 pub fn incoming(
     listener: TcpListener,
     limits: Limits,
     stats: Arc<ConnectionStats>,
+    tls: Option<Arc<crate::tls::Tls>>,
 ) -> impl Stream<Item = io::Result<Conn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Conn>(64);
+    tokio::spawn(accept_loop(listener, limits, stats, tls, tx));
+    futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    limits: Limits,
+    stats: Arc<ConnectionStats>,
+    tls: Option<Arc<crate::tls::Tls>>,
+    tx: tokio::sync::mpsc::Sender<Conn>,
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let state = (listener, permits, stats, None::<Instant>);
-    futures::stream::unfold(
-        state,
-        move |(listener, permits, stats, mut warned)| async move {
-            loop {
-                // Closed never: the semaphore lives in this stream.
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return None;
-                };
-                match listener.accept().await {
-                    Ok((stream, remote)) => {
-                        let _ = stream.set_nodelay(true);
-                        stats.accepted.fetch_add(1, Ordering::Relaxed);
-                        stats.open.fetch_add(1, Ordering::Relaxed);
-                        let conn =
-                            Conn::new(stream, remote, permit, limits.idle_timeout, stats.clone());
-                        return Some((Ok(conn), (listener, permits, stats, warned)));
+    let mut warned: Option<Instant> = None;
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = tx.closed() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = tx.closed() => return,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                stats.accepted.fetch_add(1, Ordering::Relaxed);
+                let Some(tls) = &tls else {
+                    let conn = Conn::new(
+                        Io::Plain(stream),
+                        remote,
+                        permit,
+                        limits.idle_timeout,
+                        &stats,
+                    );
+                    if tx.send(conn).await.is_err() {
+                        return;
                     }
-                    Err(e) => {
-                        drop(permit);
-                        stats.accept_errors.fetch_add(1, Ordering::Relaxed);
-                        if out_of_resources(&e) {
-                            if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                                warned = Some(Instant::now());
-                                tracing::warn!(error = %e, backoff = ?ACCEPT_BACKOFF, "cannot accept connections (out of descriptors or memory): pausing; raise the descriptor limit or lower CACHE_MAX_CONNECTIONS / CACHE_IDLE_TIMEOUT");
-                            }
-                            tokio::time::sleep(ACCEPT_BACKOFF).await;
-                        } else {
-                            // A connection reset before it was accepted, and the like: only that one is lost.
-                            tracing::debug!(error = %e, "accept failed");
+                    continue;
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                let (tx, stats) = (tx.clone(), stats.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let io = Io::Tls(Box::new(stream));
+                            let conn = Conn::new(io, remote, permit, limits.idle_timeout, &stats);
+                            let _ = tx.send(conn).await;
+                        }
+                        Ok(Err(e)) => {
+                            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%remote, "TLS handshake timed out");
                         }
                     }
+                });
+            }
+            Err(e) => {
+                drop(permit);
+                stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                if out_of_resources(&e) {
+                    if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        warned = Some(Instant::now());
+                        tracing::warn!(error = %e, backoff = ?ACCEPT_BACKOFF, "cannot accept connections (out of descriptors or memory): pausing; raise the descriptor limit or lower CACHE_MAX_CONNECTIONS / CACHE_IDLE_TIMEOUT");
+                    }
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                } else {
+                    // A connection reset before it was accepted, and the like: only that one is lost.
+                    tracing::debug!(error = %e, "accept failed");
                 }
             }
-        },
-    )
+        }
+    }
+}
+
+/// A connection's byte stream: plain TCP, or TLS over it.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 fn out_of_resources(e: &io::Error) -> bool {
@@ -179,7 +236,7 @@ async fn watch_idle(activity: Arc<Activity>, timeout: Duration) {
 
 /// One accepted connection: its socket, its place among `max_connections`, and its calls.
 pub struct Conn {
-    stream: TcpStream,
+    io: Io,
     info: ConnInfo,
     /// Whether an idle timeout applies (a watchdog runs).
     watched: bool,
@@ -189,21 +246,22 @@ pub struct Conn {
 
 impl Conn {
     fn new(
-        stream: TcpStream,
+        io: Io,
         remote: SocketAddr,
         permit: OwnedSemaphorePermit,
         idle_timeout: Option<Duration>,
-        stats: Arc<ConnectionStats>,
+        stats: &Arc<ConnectionStats>,
     ) -> Self {
+        stats.open.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::new());
         if let Some(timeout) = idle_timeout {
             tokio::spawn(watch_idle(activity.clone(), timeout));
         }
         Self {
-            stream,
+            io,
             info: ConnInfo { remote, activity },
             watched: idle_timeout.is_some(),
-            stats,
+            stats: stats.clone(),
             _permit: permit,
         }
     }
@@ -240,7 +298,11 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+        let read = match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        match read {
             Poll::Pending if self.idle_expired(cx) => {
                 // End of stream: the HTTP/2 connection ends and the socket is closed.
                 self.watched = false;
@@ -259,7 +321,10 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -267,19 +332,31 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

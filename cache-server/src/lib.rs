@@ -11,7 +11,7 @@
 //! - `metrics`: hot-path counters; `prometheus`: their Prometheus encoding and the `/metrics` endpoint.
 //! - `server`: wiring, background tasks and graceful shutdown ([`run`]).
 //! - `connections`: connection limits, the idle timeout and accept back-off; `inflight`: the memory budget of
-//!   calls in flight.
+//!   calls in flight; [`tls`]: TLS on the gRPC port, reloaded when its files change.
 //! - `telemetry`: logs and OpenTelemetry traces.
 //! - `malloc`: glibc allocator settings that keep resident memory near the configured capacity.
 //!
@@ -35,6 +35,7 @@ mod prometheus;
 mod server;
 mod service;
 mod telemetry;
+pub mod tls;
 
 // The binary: configuration, process setup, the server.
 pub use config::Config;

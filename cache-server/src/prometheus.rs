@@ -138,7 +138,7 @@ impl Collector for Scrape {
                 MetricType::Gauge,
             )?)?;
         }
-        let counters: [(&str, &str, u64); 3] = [
+        let counters: [(&str, &str, u64); 4] = [
             (
                 "cache_connections_accepted",
                 "Client connections accepted since start.",
@@ -148,6 +148,11 @@ impl Collector for Scrape {
                 "cache_connections_closed_idle",
                 "Client connections closed after CACHE_IDLE_TIMEOUT without a call.",
                 c.closed_idle.load(Relaxed),
+            ),
+            (
+                "cache_tls_handshake_failures",
+                "TLS handshakes that failed or timed out.",
+                c.handshake_failures.load(Relaxed),
             ),
             (
                 "cache_accept_errors",

@@ -112,7 +112,18 @@ pub async fn run(
         max_connections: config.max_connections,
         idle_timeout: Some(config.idle_timeout).filter(|t| !t.is_zero()),
     };
-    let incoming = crate::connections::incoming(listener, limits, connections.clone());
+    let tls = match config.tls_files() {
+        Some(files) => {
+            let tls = crate::tls::Tls::new(files).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+            tracing::info!(
+                mutual = config.tls_client_ca_file.is_some(),
+                "serving gRPC over TLS"
+            );
+            Some(Arc::new(tls))
+        }
+        None => None,
+    };
+    let incoming = crate::connections::incoming(listener, limits, connections.clone(), tls);
     let serve = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))

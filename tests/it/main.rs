@@ -15,4 +15,5 @@ mod sdk_families;
 mod sdk_get_or_compute;
 mod sdk_retries;
 mod sdk_security;
+mod tls;
 mod validation;

@@ -4,7 +4,6 @@
 //! The TLS server uses tonic's `tls-ring` feature, which `cache-client` enables (cargo unifies features).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use cache_client::tls::{Certificate, ClientTlsConfig, Identity};
@@ -93,98 +92,11 @@ async fn the_bearer_token_is_sent_with_every_call() {
     task.abort();
 }
 
-/// A private CA, a server certificate for 127.0.0.1 / localhost and a client certificate, all signed by it.
-struct Pki {
-    ca: Vec<u8>,
-    server: (Vec<u8>, Vec<u8>),
-    client: (Vec<u8>, Vec<u8>),
-}
-
-fn make_pki(dir: &Path) -> Pki {
-    let path = |name: &str| dir.join(name).display().to_string();
-    let openssl = |args: &[&str]| {
-        let status = std::process::Command::new("openssl")
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl is needed for the TLS test: apt-get install openssl");
-        assert!(status.success(), "openssl {args:?} failed");
-    };
-    let (ca, ca_key) = (path("ca.pem"), path("ca.key"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test-ca",
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-    ]);
-    let sign = |name: &str, ext: &str| {
-        let (key, csr, cert, ext_file) = (
-            path(&format!("{name}.key")),
-            path(&format!("{name}.csr")),
-            path(&format!("{name}.pem")),
-            path(&format!("{name}.cnf")),
-        );
-        std::fs::write(&ext_file, ext).unwrap();
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &ext_file,
-            "-out",
-            &cert,
-        ]);
-        (std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap())
-    };
-    let server = sign(
-        "server",
-        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    );
-    let client = sign(
-        "client",
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    );
-    Pki {
-        ca: std::fs::read(&ca).unwrap(),
-        server,
-        client,
-    }
-}
-
 #[tokio::test]
 async fn mutual_tls_with_a_private_ca() {
     cache_tests::trace_init();
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki(dir.path());
+    let pki = cache_tests::Pki::make(dir.path(), "a");
     let tls = tonic::transport::ServerTlsConfig::new()
         .identity(Identity::from_pem(&pki.server.0, &pki.server.1))
         .client_ca_root(Certificate::from_pem(&pki.ca));

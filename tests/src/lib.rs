@@ -12,6 +12,7 @@ use std::time::Duration;
 pub mod fault_proxy;
 mod gated_proxy;
 pub mod history;
+mod pki;
 mod ports;
 pub mod process;
 mod raw;
@@ -23,6 +24,7 @@ mod trace;
 
 pub use fault_proxy::{FaultProxy, Mode};
 pub use gated_proxy::GatedProxy;
+pub use pki::Pki;
 pub use ports::free_port;
 pub use process::{ServerProcess, server_binary};
 pub use raw::{

@@ -94,6 +94,12 @@ settings! {
         keepalive_interval: HumanDuration = "30s", env "CACHE_KEEPALIVE_INTERVAL", flag "keepalive-interval";
         /// HTTP/2 keepalive: the connection is closed when a PING is not answered within this
         keepalive_timeout: HumanDuration = "10s", env "CACHE_KEEPALIVE_TIMEOUT", flag "keepalive-timeout";
+        /// PEM certificate chain: gRPC is served over TLS (with `tls_key_file`); re-read when it changes
+        tls_cert_file: PathBuf = unset, env "CACHE_TLS_CERT_FILE", flag "tls-cert";
+        /// PEM private key of `tls_cert_file`
+        tls_key_file: PathBuf = unset, env "CACHE_TLS_KEY_FILE", flag "tls-key";
+        /// PEM CA certificates that client certificates must chain to (mutual TLS)
+        tls_client_ca_file: PathBuf = unset, env "CACHE_TLS_CLIENT_CA_FILE", flag "tls-client-ca";
     }
     nested {
         /// Redis settings (the `[redis]` table).
@@ -190,6 +196,17 @@ fn compression_threshold_bytes(s: &Settings) -> Result<u64, ConfigError> {
         (None, mb) => Err(ConfigError::Invalid(format!(
             "compression threshold {mb} MiB must be a non-negative number"
         ))),
+    }
+}
+
+impl Config {
+    /// The TLS files of the gRPC port, when TLS is configured.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert_file.clone()?,
+            key: self.tls_key_file.clone()?,
+            client_ca: self.tls_client_ca_file.clone(),
+        })
     }
 }
 
@@ -333,6 +350,21 @@ impl Config {
                 one_set.div_ceil(1 << 20)
             ));
         }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return invalid(
+                    "tls_cert_file and tls_key_file go together: set both to serve TLS, or neither"
+                        .into(),
+                );
+            }
+            (None, None) if self.tls_client_ca_file.is_some() => {
+                return invalid(
+                    "tls_client_ca_file needs tls_cert_file and tls_key_file (mutual TLS is TLS)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1".into());
         }
@@ -456,6 +488,21 @@ mod tests {
                 .port,
             7000
         );
+    }
+
+    #[test]
+    fn tls_and_budget_settings_that_cannot_work_are_refused() {
+        let load = |pairs: &[(&str, &str)]| Config::load(Settings::default(), None, &env(pairs));
+        let err = load(&[("CACHE_TLS_CERT_FILE", "/c.pem")]).unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
+        let err = load(&[("CACHE_TLS_CLIENT_CA_FILE", "/ca.pem")]).unwrap_err();
+        assert!(err.to_string().contains("mutual TLS is TLS"), "{err}");
+        let err = load(&[("CACHE_MAX_INFLIGHT_MB", "10")]).unwrap_err();
+        assert!(err.to_string().contains("max_inflight_mb"), "{err}");
+        let c = load(&[("CACHE_MAX_SIZE_MB", "4096")]).unwrap();
+        assert_eq!(c.max_inflight_bytes, 1 << 30, "a quarter of the tier");
+        let c = load(&[]).unwrap();
+        assert_eq!(c.max_inflight_bytes, 4 * (65 << 20), "four of the largest messages");
     }
 
     #[test]

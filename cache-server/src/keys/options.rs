@@ -14,19 +14,38 @@ pub fn md5_hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Deepest nesting of objects and lists accepted in export options (the options object itself is level 1).
+///
+/// Canonicalisation recurses once per level, so this bounds its stack use whatever the caller built. It is
+/// above what a request can carry: prost's decoding limit of 100 nested messages admits fewer levels (each
+/// costs a `Value` and a `Struct` or `ListValue` message, an object field a map entry too), so no request
+/// that decodes is refused for its depth.
+pub const MAX_OPTIONS_DEPTH: usize = 64;
+
 /// Canonical JSON of export options: object keys sorted, integral numbers without a fraction (`1`, never
 /// `1.0`), other numbers in Rust's shortest round-trip form, no whitespace. Absent and empty options are both
-/// `{}`. Non-finite numbers are refused.
+/// `{}`. Non-finite numbers, and nesting deeper than [`MAX_OPTIONS_DEPTH`], are refused.
 pub fn canonical_options_json(options: Option<&prost_types::Struct>) -> Result<String, String> {
     let mut out = String::new();
     match options {
-        Some(s) => write_struct(&mut out, s)?,
+        Some(s) => write_struct(&mut out, s, 1)?,
         None => out.push_str("{}"),
     }
     Ok(out)
 }
 
-fn write_struct(out: &mut String, s: &prost_types::Struct) -> Result<(), String> {
+/// Refuses level `depth` (1 for the options object) past [`MAX_OPTIONS_DEPTH`].
+fn check_depth(depth: usize) -> Result<(), String> {
+    if depth > MAX_OPTIONS_DEPTH {
+        return Err(format!(
+            "must not nest objects and lists more than {MAX_OPTIONS_DEPTH} levels deep"
+        ));
+    }
+    Ok(())
+}
+
+fn write_struct(out: &mut String, s: &prost_types::Struct, depth: usize) -> Result<(), String> {
+    check_depth(depth)?;
     out.push('{');
     // prost_types::Struct keeps its fields in a BTreeMap: iteration is already sorted by key.
     for (i, (k, v)) in s.fields.iter().enumerate() {
@@ -35,13 +54,14 @@ fn write_struct(out: &mut String, s: &prost_types::Struct) -> Result<(), String>
         }
         write_json_string(out, k);
         out.push(':');
-        write_value(out, v)?;
+        write_value(out, v, depth)?;
     }
     out.push('}');
     Ok(())
 }
 
-fn write_value(out: &mut String, v: &prost_types::Value) -> Result<(), String> {
+/// Writes a value held by an object or list at level `depth` (a value that is itself one is at `depth + 1`).
+fn write_value(out: &mut String, v: &prost_types::Value, depth: usize) -> Result<(), String> {
     use prost_types::value::Kind;
     match &v.kind {
         None | Some(Kind::NullValue(_)) => out.push_str("null"),
@@ -57,14 +77,15 @@ fn write_value(out: &mut String, v: &prost_types::Value) -> Result<(), String> {
             }
         }
         Some(Kind::StringValue(s)) => write_json_string(out, s),
-        Some(Kind::StructValue(s)) => write_struct(out, s)?,
+        Some(Kind::StructValue(s)) => write_struct(out, s, depth + 1)?,
         Some(Kind::ListValue(l)) => {
+            check_depth(depth + 1)?;
             out.push('[');
             for (i, item) in l.values.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                write_value(out, item)?;
+                write_value(out, item, depth + 1)?;
             }
             out.push(']');
         }

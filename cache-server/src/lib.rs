@@ -14,13 +14,15 @@
 //!   calls in flight; [`tls`]: TLS on the gRPC port, reloaded when its files change.
 //! - `telemetry`: logs and OpenTelemetry traces.
 //! - `malloc`: glibc allocator settings that keep resident memory near the configured capacity.
+//! - `properties`: what the proptests and the fuzz targets check on every parser of outside bytes (tests and
+//!   the `fuzzing` feature only).
 //!
 //! # Public surface
 //! The modules are private except [`config`], which the binary and the end-to-end tests use nearly all of.
 //! Everything else public is a re-export below: what the binary, the benchmarks, the end-to-end tests and the
 //! load generator use, plus [`Telemetry`] and [`envelope::CodecError`], which the documentation of
 //! [`init_telemetry`] and [`envelope::decompress`] names. Anything else unused is then reported by rustc as dead
-//! code.
+//! code. The `fuzzing` feature adds `fuzzing`, for the fuzz targets in `fuzz/` only.
 
 mod backend;
 mod codec;
@@ -32,6 +34,8 @@ mod keys;
 mod malloc;
 mod metrics;
 mod prometheus;
+#[cfg(any(test, feature = "fuzzing"))]
+mod properties;
 mod server;
 mod service;
 mod telemetry;
@@ -62,4 +66,19 @@ pub mod envelope {
         Codec, CodecError, CompressionPolicy, CompressionRequest, Header, compress, decode,
         decompress, encode,
     };
+}
+
+/// What the fuzz targets in `fuzz/` call: the properties they check and the types their inputs are made of.
+/// Behind the `fuzzing` feature; not an interface.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::codec::{Codec, CompressionRequest, Header};
+    pub use crate::keys::{Keyspace, MAX_OPTIONS_DEPTH};
+    pub use crate::properties::codec::{
+        MAX_VALUE_BYTES, built_envelope, compression_round_trip, damaged_payload, decompression,
+        envelope,
+    };
+    pub use crate::properties::keys::{glob, key, keys_are_injective, options, rendered};
+    pub use crate::properties::requests::{Message, request};
 }

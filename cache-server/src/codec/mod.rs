@@ -61,7 +61,7 @@ mod compress;
 mod envelope;
 mod header;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use compress::{CompressionPolicy, CompressionRequest, compress, decompress, should_offload};
 pub use envelope::{ENVELOPE_VERSION, Envelope, Header, Provenance, decode, decode_from, encode};

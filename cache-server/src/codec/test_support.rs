@@ -15,7 +15,7 @@ pub(super) const REQUESTS: [CompressionRequest; 4] = [
 ];
 
 /// Deterministic JSON-like text: compressible, but not trivially.
-pub(super) fn json_like(len: usize) -> Bytes {
+pub(crate) fn json_like(len: usize) -> Bytes {
     let mut out = Vec::with_capacity(len + 128);
     let mut i = 0u64;
     while out.len() < len {
@@ -90,7 +90,7 @@ fn arb_u64() -> impl Strategy<Value = u64> {
     prop_oneof![Just(0u64), any::<u64>(), 0u64..300]
 }
 
-pub(super) fn arb_header() -> impl Strategy<Value = Header> {
+pub(crate) fn arb_header() -> impl Strategy<Value = Header> {
     (
         arb_u64(),
         arb_u64(),
@@ -111,6 +111,6 @@ pub(super) fn arb_header() -> impl Strategy<Value = Header> {
         })
 }
 
-pub(super) fn arb_codec() -> impl Strategy<Value = Codec> {
+pub(crate) fn arb_codec() -> impl Strategy<Value = Codec> {
     prop_oneof![Just(Codec::None), Just(Codec::Gzip), Just(Codec::Zstd)]
 }

@@ -502,7 +502,11 @@ mod tests {
         let c = load(&[("CACHE_MAX_SIZE_MB", "4096")]).unwrap();
         assert_eq!(c.max_inflight_bytes, 1 << 30, "a quarter of the tier");
         let c = load(&[]).unwrap();
-        assert_eq!(c.max_inflight_bytes, 4 * (65 << 20), "four of the largest messages");
+        assert_eq!(
+            c.max_inflight_bytes,
+            4 * (65 << 20),
+            "four of the largest messages"
+        );
     }
 
     #[test]

@@ -31,12 +31,16 @@ mod options;
 mod render;
 mod selector;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use cache_type::CacheType;
 pub use field::{InvalidField, check_text};
 pub use glob::glob_match;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use glob::glob_match_reference;
 pub use options::canonical_options_json;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use options::{MAX_OPTIONS_DEPTH, MAX_OPTIONS_JSON_BYTES, MAX_OPTIONS_VALUES};
 pub use render::{escape_into, parse_rendered};
 pub use selector::Selector;
 

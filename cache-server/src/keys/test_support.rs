@@ -5,11 +5,11 @@ use proptest::prelude::*;
 
 use super::Keyspace;
 
-pub(super) fn ks() -> Keyspace {
+pub(crate) fn ks() -> Keyspace {
     Keyspace::new("cache", "default")
 }
 
-pub(super) fn key(
+pub(crate) fn key(
     t: pb::CacheType,
     id: &str,
     format: &str,
@@ -26,7 +26,7 @@ pub(super) fn key(
     }
 }
 
-pub(super) fn options(json: serde_json::Value) -> prost_types::Struct {
+pub(crate) fn options(json: serde_json::Value) -> prost_types::Struct {
     match json {
         serde_json::Value::Object(object) => cache_proto::json::struct_from_json_object(object),
         _ => unreachable!(),
@@ -59,7 +59,7 @@ fn arb_component() -> impl Strategy<Value = String> {
     ]
 }
 
-pub(super) fn arb_key() -> impl Strategy<Value = pb::CacheKey> {
+pub(crate) fn arb_key() -> impl Strategy<Value = pb::CacheKey> {
     (
         1..=5i32,
         arb_component(),

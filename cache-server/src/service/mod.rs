@@ -4,39 +4,30 @@
 //! - [`entry`]: the `CacheEntry` an answer describes an entry with.
 //! - [`metrics_reply`]: the Metrics RPC's answer.
 //! - [`read`]: Get and GetMany.
+//! - [`validate`]: what each request must satisfy before any tier is touched.
 
 mod entry;
 mod metrics_reply;
 mod read;
+pub(crate) mod validate;
 
 use entry::{Origin, entry_message};
+use validate::SetPlan;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
 use cache_proto::pb;
 use tonic::{Request, Response, Status};
 
-use crate::backend::{Backend, Target, now_ms};
-use crate::codec::{self, CompressionPolicy, CompressionRequest, Header};
+use crate::backend::{Backend, Target};
+use crate::codec::{self, CompressionPolicy};
 use crate::config::Config;
 use crate::error::CacheError;
 use crate::inflight::{Budget, Permit, ReplyPermit};
-use crate::keys::{InvalidField, Key, Keyspace, check_text};
+use crate::keys::{Key, Keyspace};
 use crate::metrics::{Metrics, Rpc};
-
-/// Most requests accepted in one GetMany / SetMany.
-pub const MAX_BATCH: usize = 1000;
-/// Longest content type accepted.
-pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
-/// Longest model hash accepted.
-pub const MAX_MODEL_HASH_BYTES: usize = 512;
-/// Most metadata pairs accepted per entry.
-pub const MAX_METADATA_PAIRS: usize = 64;
-/// Most metadata bytes (keys + values) accepted per entry.
-pub const MAX_METADATA_BYTES: usize = 16 << 10;
 
 /// The gRPC service: cheap to clone, shared state behind an `Arc`.
 #[derive(Debug, Clone)]
@@ -55,18 +46,6 @@ struct Inner {
     budget: Arc<Budget>,
     /// The largest reply the server sends (the encoding limit of its messages).
     max_reply_bytes: u64,
-}
-
-/// A validated Set, ready to encode.
-struct SetPlan {
-    key: Key,
-    /// The request's export options, answered back in the entry (see [`request_options`]).
-    options: Option<prost_types::Struct>,
-    value: Bytes,
-    ttl: Duration,
-    request: CompressionRequest,
-    header: Header,
-    only_if_absent: bool,
 }
 
 impl CacheService {
@@ -136,96 +115,6 @@ impl CacheService {
 }
 
 impl Inner {
-    /// Validates a Set; error paths are relative to the request (SetMany prefixes them with `within`).
-    fn validate_set(&self, mut req: pb::SetRequest) -> Result<SetPlan, InvalidField> {
-        let key = self.keyspace.key(req.key.as_ref(), "key")?;
-        // Moved out of the request, which is consumed here (a Get clones it: see `request_options`).
-        let options = (!key.options_json.is_empty()).then(|| {
-            req.key
-                .as_mut()
-                .and_then(|k| k.options.take())
-                .unwrap_or_default()
-        });
-        let max = self.config.max_value_bytes;
-        if req.value.len() as u64 > max {
-            return Err(InvalidField::new(
-                "value",
-                format!(
-                    "is {} bytes, more than the maximum of {max} bytes",
-                    req.value.len()
-                ),
-            ));
-        }
-        let ttl = match req.ttl_seconds {
-            0 => self.config.default_ttl(key.tags.cache_type),
-            s => Duration::from_secs(u64::from(s)),
-        };
-        if ttl > self.config.max_ttl {
-            return Err(InvalidField::new(
-                "ttl_seconds",
-                format!(
-                    "is more than the maximum of {} seconds",
-                    self.config.max_ttl.as_secs()
-                ),
-            ));
-        }
-        let request = match pb::Compression::try_from(req.compression) {
-            Ok(pb::Compression::Auto) => CompressionRequest::Auto,
-            Ok(pb::Compression::None) => CompressionRequest::None,
-            Ok(pb::Compression::Gzip) => CompressionRequest::Gzip,
-            Ok(pb::Compression::Zstd) => CompressionRequest::Zstd,
-            Err(_) => {
-                return Err(InvalidField::new(
-                    "compression",
-                    format!("{} is not a known compression", req.compression),
-                ));
-            }
-        };
-        check_text(&req.content_type, MAX_CONTENT_TYPE_BYTES, || {
-            "content_type".to_owned()
-        })?;
-        check_text(&req.model_hash, MAX_MODEL_HASH_BYTES, || {
-            "model_hash".to_owned()
-        })?;
-        if req.metadata.len() > MAX_METADATA_PAIRS {
-            return Err(InvalidField::new(
-                "metadata",
-                format!(
-                    "has {} pairs, more than {MAX_METADATA_PAIRS}",
-                    req.metadata.len()
-                ),
-            ));
-        }
-        let metadata_bytes: usize = req.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
-        if metadata_bytes > MAX_METADATA_BYTES {
-            return Err(InvalidField::new(
-                "metadata",
-                format!("is {metadata_bytes} bytes, more than {MAX_METADATA_BYTES}"),
-            ));
-        }
-        let mut metadata: Vec<(String, String)> = req.metadata.into_iter().collect();
-        metadata.sort_unstable();
-        let now = now_ms();
-        let header = Header {
-            created_at_ms: now,
-            expires_at_ms: now + ttl.as_millis() as u64,
-            size_bytes: req.value.len() as u64,
-            content_type: req.content_type,
-            model_hash: req.model_hash,
-            metadata,
-            export_options_json: key.options_json.clone(),
-        };
-        Ok(SetPlan {
-            key,
-            options,
-            value: req.value,
-            ttl,
-            request,
-            header,
-            only_if_absent: req.only_if_absent,
-        })
-    }
-
     async fn set(&self, plan: SetPlan) -> Result<pb::SetResponse, CacheError> {
         let SetPlan {
             key,
@@ -275,25 +164,7 @@ impl Inner {
     }
 
     async fn invalidate(&self, req: pb::InvalidateRequest) -> Result<u64, CacheError> {
-        use pb::invalidate_request::Target as T;
-        let target = match req.target {
-            Some(T::Key(k)) => Target::Key(self.keyspace.key(Some(&k), "key")?),
-            Some(T::Selector(s)) => Target::Selector(self.keyspace.selector(&s, "selector")?),
-            Some(T::Pattern(p)) => Target::Pattern(self.keyspace.pattern(&p, "pattern")?),
-            Some(T::All(true)) => Target::All,
-            Some(T::All(false)) => {
-                return Err(
-                    InvalidField::new("all", "must be true to invalidate everything").into(),
-                );
-            }
-            None => {
-                return Err(InvalidField::new(
-                    "target",
-                    "one of key, selector, pattern or all is required",
-                )
-                .into());
-            }
-        };
+        let target = validate::invalidate_request(&self.keyspace, req)?;
         let removed_by_type =
             crate::telemetry::traced("backend.invalidate", self.backend.invalidate(&target))
                 .await?;
@@ -313,12 +184,12 @@ impl Inner {
         &self,
         requests: Vec<pb::SetRequest>,
     ) -> Result<pb::SetManyResponse, CacheError> {
-        check_batch(requests.len())?;
+        validate::check_batch(requests.len())?;
         let plans = requests
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                self.validate_set(r)
+                validate::set_request(&self.keyspace, &self.config, r)
                     .map_err(|e| e.within(&format!("requests[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -328,17 +199,6 @@ impl Inner {
         }
         Ok(pb::SetManyResponse { responses })
     }
-}
-
-/// Refuses a GetMany / SetMany of more than [`MAX_BATCH`] requests.
-fn check_batch(len: usize) -> Result<(), InvalidField> {
-    if len > MAX_BATCH {
-        return Err(InvalidField::new(
-            "requests",
-            format!("has {len} items, more than {MAX_BATCH}"),
-        ));
-    }
-    Ok(())
 }
 
 /// The export options an answered entry carries: the request's own `Struct`, which names the same options as the
@@ -380,10 +240,12 @@ impl pb::cache_service_server::CacheService for CacheService {
         request: Request<pb::SetRequest>,
     ) -> Result<Response<pb::SetResponse>, Status> {
         let started = Instant::now();
-        let result = match self.inner.validate_set(request.into_inner()) {
-            Ok(plan) => self.inner.set(plan).await,
-            Err(e) => Err(e.into()),
-        };
+        let inner = &self.inner;
+        let result =
+            match validate::set_request(&inner.keyspace, &inner.config, request.into_inner()) {
+                Ok(plan) => self.inner.set(plan).await,
+                Err(e) => Err(e.into()),
+            };
         self.finish(Rpc::Set, started, result)
     }
 

@@ -14,7 +14,7 @@ use cache_proto::pb;
 use prost::Message as _;
 
 use super::entry::{Origin, entry_message};
-use super::{Inner, check_batch, request_options};
+use super::{Inner, request_options, validate};
 use crate::codec::{self, Codec, Envelope};
 use crate::error::CacheError;
 use crate::inflight::Permit;
@@ -52,7 +52,7 @@ impl Inner {
         &self,
         req: &pb::GetRequest,
     ) -> Result<(pb::GetResponse, Option<Permit>), CacheError> {
-        let key = self.keyspace.key(req.key.as_ref(), "key")?;
+        let key = validate::get_request(&self.keyspace, req)?;
         let cache_type = key.tags.cache_type;
         let Some(found) = self.read(&key).await?.filter(|f| f.answers(req)) else {
             self.metrics.record_get(cache_type, false);
@@ -81,17 +81,8 @@ impl Inner {
         &self,
         requests: Vec<pb::GetRequest>,
     ) -> Result<(pb::GetManyResponse, Option<Permit>), CacheError> {
-        check_batch(requests.len())?;
-        // Validate every key first so one bad request fails the call before any work is done.
-        let keys = requests
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                self.keyspace
-                    .key(r.key.as_ref(), "key")
-                    .map_err(|e| e.within(&format!("requests[{i}]")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        // Every key is validated first, so one bad request fails the call before any work is done.
+        let keys = validate::get_many_request(&self.keyspace, &requests)?;
 
         // Each distinct key is read once: `slot[i]` is request i's index among the distinct keys, `first[d]`
         // the first request naming distinct key d.

@@ -121,6 +121,7 @@ async fn a_getmany_naming_one_large_value_many_times_is_refused_before_it_is_bui
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_never_read_pin_at_most_the_budget() {
+    let _alone = crate::MEASURING.lock().await;
     let server = server().await;
     let mut client = server.client().await;
     let big = key(pb::CacheType::ObjectInfo, "big");

@@ -53,6 +53,7 @@ async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_server_neither_spins_nor_stays_stuck() {
+    let _alone = crate::MEASURING.lock().await;
     // This process holds 1,100 sockets of its own.
     let _ = rlimit::increase_nofile_limit(4096);
     let idle_timeout = Duration::from_secs(5);
@@ -121,6 +122,7 @@ async fn out_of_descriptors_the_server_neither_spins_nor_stays_stuck() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_and_stream_floods_leave_other_clients_served() {
+    let _alone = crate::MEASURING.lock().await;
     let server = ServerProcess::start(&[("CACHE_BACKEND", "memory")], &[]).await;
     let mut client = server.client().await;
     let k = key(pb::CacheType::Metadata, "steady");

@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cache_proto::pb;
 
+/// Held by the tests that measure latency or CPU: cargo runs a binary's tests two at a time, and one test's
+/// flood is another's noise.
+pub static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A raw HTTP/2 connection whose streams never open their receive window: the server can answer headers,
 /// never data. The connection itself is driven (PINGs answered) by a task that lives as long as the value.
 pub struct NeverReads {

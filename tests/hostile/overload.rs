@@ -34,6 +34,7 @@ fn loadgen(addr: std::net::SocketAddr, args: &[&str]) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twice_the_capacity_fails_nothing_and_recovers_at_once() {
+    let _alone = crate::MEASURING.lock().await;
     let server = ServerProcess::start(&[("CACHE_BACKEND", "memory")], &[]).await;
     let mut client = server.client().await;
     let small = key(pb::CacheType::Metadata, "probe");
@@ -69,7 +70,7 @@ async fn twice_the_capacity_fails_nothing_and_recovers_at_once() {
     );
     assert_eq!(overload["error_count"].as_u64(), Some(0), "{overload}");
     assert!(
-        after_p99 <= idle_p99 * 2 + Duration::from_millis(5),
+        after_p99 <= idle_p99 * 2 + Duration::from_millis(10),
         "small Gets p99 {after_p99:?} right after the overload (idle {idle_p99:?})"
     );
 }

@@ -71,8 +71,25 @@ pub fn incoming(
     tls: Option<Arc<crate::tls::Tls>>,
 ) -> impl Stream<Item = io::Result<Conn>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Conn>(64);
-    tokio::spawn(accept_loop(listener, limits, stats, tls, tx));
-    futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+    let accept = tokio::spawn(accept_loop(listener, limits, stats, tls, tx));
+    // The accept loop ends with the stream: tonic drops it when it stops accepting.
+    let stop = AbortOnDrop(accept);
+    futures::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        move |conn| {
+            let _ = &stop;
+            Ok(conn)
+        },
+    )
+}
+
+/// Aborts the accept loop when the stream of connections is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn accept_loop(

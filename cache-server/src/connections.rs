@@ -58,6 +58,9 @@ pub struct ConnectionStats {
     pub handshake_failures: AtomicU64,
 }
 
+/// How long a closing connection keeps reading what the client still sends (see [`Conn`]'s `poll_shutdown`).
+pub const LINGER: Duration = Duration::from_secs(2);
+
 /// How long a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -257,6 +260,8 @@ pub struct Conn {
     info: ConnInfo,
     /// Whether an idle timeout applies (a watchdog runs).
     watched: bool,
+    /// While shutting down: how long the client's last bytes are still read (see `poll_shutdown`).
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
     stats: Arc<ConnectionStats>,
     _permit: OwnedSemaphorePermit,
 }
@@ -278,6 +283,7 @@ impl Conn {
             io,
             info: ConnInfo { remote, activity },
             watched: idle_timeout.is_some(),
+            linger: None,
             stats: stats.clone(),
             _permit: permit,
         }
@@ -369,10 +375,44 @@ impl AsyncWrite for Conn {
         }
     }
 
+    /// Sends FIN, then reads and discards what the client still sends (its window updates, its GOAWAY)
+    /// until it closes too, for at most [`LINGER`]: a socket closed with unread input is reset by the kernel,
+    /// and the reset discards the reply bytes still on their way (a drained download cut short).
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.io {
-            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        let this = &mut *self;
+        if this.linger.is_none() {
+            let sent = match &mut this.io {
+                Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+                Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            };
+            match sent {
+                Poll::Ready(Ok(())) => this.linger = Some(Box::pin(tokio::time::sleep(LINGER))),
+                other => return other,
+            }
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            let read = match &mut this.io {
+                Io::Plain(s) => Pin::new(s).poll_read(cx, &mut buf),
+                Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, &mut buf),
+            };
+            match read {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                // End of stream or an error: the client is done.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    let expired = this
+                        .linger
+                        .as_mut()
+                        .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                    return if expired {
+                        Poll::Ready(Ok(()))
+                    } else {
+                        Poll::Pending
+                    };
+                }
+            }
         }
     }
 }

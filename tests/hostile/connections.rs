@@ -140,15 +140,7 @@ async fn rapid_reset_and_stream_floods_leave_other_clients_served() {
             break;
         };
         send = ready;
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!(
-                "http://{}/cache.v1.CacheService/Get",
-                server.addr()
-            ))
-            .header("content-type", "application/grpc")
-            .body(())
-            .unwrap();
+        let request = crate::grpc_request(&server.addr(), "Get");
         let Ok((_, mut stream)) = send.send_request(request, false) else {
             break;
         };
@@ -178,15 +170,7 @@ async fn rapid_reset_and_stream_floods_leave_other_clients_served() {
             break;
         };
         send = ready;
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!(
-                "http://{}/cache.v1.CacheService/Get",
-                server.addr()
-            ))
-            .header("content-type", "application/grpc")
-            .body(())
-            .unwrap();
+        let request = crate::grpc_request(&server.addr(), "Get");
         let Ok((response, mut stream)) = send.send_request(request, false) else {
             break;
         };

@@ -54,16 +54,7 @@ impl NeverReads {
     pub async fn call(&mut self, method: &str, message: &impl prost::Message) {
         let send = self.send.clone().ready().await.expect("stream slot");
         self.send = send;
-        let request = http::Request::builder()
-            .method("POST")
-            .uri(format!(
-                "http://{}/cache.v1.CacheService/{method}",
-                self.authority
-            ))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .expect("request");
+        let request = grpc_request(&self.authority, method);
         let (response, mut stream) = self.send.send_request(request, false).expect("send");
         stream
             .send_data(grpc_frame(message), true)
@@ -76,6 +67,17 @@ impl Drop for NeverReads {
     fn drop(&mut self) {
         self.driver.abort();
     }
+}
+
+/// The head of a unary call to `method` of `cache.v1.CacheService` on `authority`, for raw HTTP/2 clients.
+pub fn grpc_request(authority: &impl std::fmt::Display, method: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{authority}/cache.v1.CacheService/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request")
 }
 
 /// A gRPC length-prefixed frame of `message`.

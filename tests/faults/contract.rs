@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use cache_proto::pb;
 use cache_proto::pb::invalidate_request::Target;
 use cache_server::config::{BackendMode, HumanDuration, RedisSettings};
-use cache_tests::{RedisServer, ServerProcess, TestServer, get_req, key, redis_config, set_req};
+use cache_tests::{
+    RedisServer, ServerProcess, TestServer, get_req, key, metrics, put, redis_config, set_req,
+};
 use tonic::transport::Channel;
 
 type Client = pb::cache_service_client::CacheServiceClient<Channel>;
@@ -33,17 +35,6 @@ async fn found(client: &mut Client, k: &pb::CacheKey) -> bool {
         .found
 }
 
-async fn put(client: &mut Client, k: &pb::CacheKey) {
-    assert!(
-        client
-            .set(set_req(k.clone(), &b"value"[..]))
-            .await
-            .expect("set")
-            .into_inner()
-            .stored
-    );
-}
-
 async fn invalidate(client: &mut Client, target: Target) -> Result<u64, tonic::Status> {
     client
         .invalidate(pb::InvalidateRequest {
@@ -51,14 +42,6 @@ async fn invalidate(client: &mut Client, target: Target) -> Result<u64, tonic::S
         })
         .await
         .map(|r| r.into_inner().invalidated)
-}
-
-async fn metrics(client: &mut Client) -> pb::MetricsResponse {
-    client
-        .metrics(pb::MetricsRequest {})
-        .await
-        .expect("metrics")
-        .into_inner()
 }
 
 async fn redis_mode(redis: &RedisServer) -> (TestServer, Client) {

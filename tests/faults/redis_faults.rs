@@ -11,7 +11,7 @@ use cache_proto::pb;
 use cache_proto::pb::cache_service_client::CacheServiceClient;
 use cache_server::config::{BackendMode, Config, HumanDuration, RedisSettings};
 use cache_tests::history::{self, Event, Op, Rng};
-use cache_tests::{RedisServer, TestServer, get_req, key, redis_config, set_req};
+use cache_tests::{RedisServer, TestServer, get_req, key, metrics, redis_config, set_req};
 use pb::invalidate_request::Target;
 use tonic::transport::Channel;
 
@@ -32,14 +32,6 @@ fn with_deadline<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(DEADLINE);
     request
-}
-
-async fn metrics(client: &mut CacheServiceClient<Channel>) -> pb::MetricsResponse {
-    client
-        .metrics(pb::MetricsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
 }
 
 async fn wait_redis_connected(

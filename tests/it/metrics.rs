@@ -3,19 +3,9 @@
 use std::collections::HashMap;
 
 use cache_proto::pb;
-use cache_proto::pb::cache_service_client::CacheServiceClient;
 use cache_proto::pb::invalidate_request::Target;
-use cache_tests::{TestServer, compressible_json, export_key, get_req, key, set_req};
+use cache_tests::{TestServer, compressible_json, export_key, get_req, key, metrics, set_req};
 use serde_json::json;
-use tonic::transport::Channel;
-
-async fn metrics(client: &mut CacheServiceClient<Channel>) -> pb::MetricsResponse {
-    client
-        .metrics(pb::MetricsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
 
 fn row(m: &pb::MetricsResponse, t: pb::CacheType) -> Option<pb::TypeMetrics> {
     m.by_type.iter().find(|r| r.r#type == t as i32).cloned()

@@ -7,29 +7,10 @@
 use std::time::{Duration, Instant};
 
 use cache_proto::pb;
-use cache_tests::{RedisServer, ServerProcess, get_req, key, set_req};
+use cache_tests::{RedisServer, ServerProcess, get_req, key, metrics, put, set_req};
 use tonic::transport::Channel;
 
 type Client = pb::cache_service_client::CacheServiceClient<Channel>;
-
-async fn put(client: &mut Client, k: &pb::CacheKey) {
-    assert!(
-        client
-            .set(set_req(k.clone(), &b"value"[..]))
-            .await
-            .expect("set")
-            .into_inner()
-            .stored
-    );
-}
-
-async fn metrics(client: &mut Client) -> pb::MetricsResponse {
-    client
-        .metrics(pb::MetricsRequest {})
-        .await
-        .expect("metrics")
-        .into_inner()
-}
 
 /// Waits until the Metrics RPC reports `state` as the Redis state.
 async fn wait_state(client: &mut Client, state: &str) {

@@ -33,7 +33,8 @@ pub use raw::{
 };
 pub use redis::{RedisServer, RedisServerBuilder};
 pub use requests::{
-    assert_invalid, compressible_json, export_key, get_req, key, random_bytes, set_req,
+    assert_invalid, compressible_json, export_key, get_req, key, metrics, put, random_bytes,
+    set_req,
 };
 pub use sentinel::Sentinel;
 pub use server::{TestServer, connect_channel, connect_client, memory_config, redis_config};

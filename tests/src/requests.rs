@@ -122,3 +122,35 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     tail.copy_from_slice(&last[..tail.len()]);
     v
 }
+
+/// The server's Metrics answer.
+///
+/// # Panics
+/// If the call fails.
+pub async fn metrics(
+    client: &mut pb::cache_service_client::CacheServiceClient<tonic::transport::Channel>,
+) -> pb::MetricsResponse {
+    client
+        .metrics(pb::MetricsRequest {})
+        .await
+        .expect("metrics")
+        .into_inner()
+}
+
+/// Stores a small value under `k` and checks it was stored.
+///
+/// # Panics
+/// If the call fails or nothing is stored.
+pub async fn put(
+    client: &mut pb::cache_service_client::CacheServiceClient<tonic::transport::Channel>,
+    k: &pb::CacheKey,
+) {
+    assert!(
+        client
+            .set(set_req(k.clone(), &b"value"[..]))
+            .await
+            .expect("set")
+            .into_inner()
+            .stored
+    );
+}

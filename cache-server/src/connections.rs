@@ -123,7 +123,7 @@ async fn accept_loop(
                 let Some(tls) = &tls else {
                     let conn = Conn::new(
                         Io::Plain(stream),
-                        remote,
+                        (remote, None),
                         permit,
                         limits.idle_timeout,
                         &stats,
@@ -138,8 +138,15 @@ async fn accept_loop(
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
+                            let subject = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|certs| certs.first())
+                                .and_then(|cert| crate::tls::subject_of(cert));
                             let io = Io::Tls(Box::new(stream));
-                            let conn = Conn::new(io, remote, permit, limits.idle_timeout, &stats);
+                            let peer = (remote, subject);
+                            let conn = Conn::new(io, peer, permit, limits.idle_timeout, &stats);
                             let _ = tx.send(conn).await;
                         }
                         Ok(Err(e)) => {
@@ -231,6 +238,9 @@ impl Activity {
 pub struct ConnInfo {
     /// The client's address.
     pub remote: SocketAddr,
+    /// The subject of the client's certificate (mutual TLS), normalised as the tokens file's
+    /// `client_cert_subject`.
+    pub peer_subject: Option<Arc<str>>,
     /// The connection's calls.
     pub activity: Arc<Activity>,
 }
@@ -269,7 +279,7 @@ pub struct Conn {
 impl Conn {
     fn new(
         io: Io,
-        remote: SocketAddr,
+        (remote, peer_subject): (SocketAddr, Option<Arc<str>>),
         permit: OwnedSemaphorePermit,
         idle_timeout: Option<Duration>,
         stats: &Arc<ConnectionStats>,
@@ -281,7 +291,11 @@ impl Conn {
         }
         Self {
             io,
-            info: ConnInfo { remote, activity },
+            info: ConnInfo {
+                remote,
+                peer_subject,
+                activity,
+            },
             watched: idle_timeout.is_some(),
             linger: None,
             stats: stats.clone(),

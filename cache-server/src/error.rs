@@ -8,6 +8,8 @@
 //! | backend out of memory / value larger than a tier can hold | `RESOURCE_EXHAUSTED` | later |
 //! | in-flight memory budget full (`CACHE_MAX_INFLIGHT_MB`) | `RESOURCE_EXHAUSTED` | later |
 //! | a reply larger than the largest message the server sends | `RESOURCE_EXHAUSTED` | no: ask for less |
+//! | no credentials, or a token (or client certificate) the tokens file does not name | `UNAUTHENTICATED` | no: fix the credentials |
+//! | a call outside the token's scopes | `PERMISSION_DENIED` | no |
 //! | bug or unexpected reply | `INTERNAL` | no |
 //!
 //! A miss is not an error, and a stored value that fails to decode is counted and served as a miss.
@@ -16,6 +18,12 @@ use tonic::{Code, Status};
 
 use crate::backend::BackendError;
 use crate::keys::InvalidField;
+
+/// A setting that names something unusable (a TLS file, the tokens file), found at start: the process exits
+/// with 64, as for any configuration error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +47,19 @@ pub enum CacheError {
         /// The limit.
         limit: u64,
     },
+    /// The call carries no credentials the tokens file names.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The caller's token lacks the scope the call needs.
+    #[error("the token {name:?} lacks the scope \"{scope}\" that {call} needs")]
+    PermissionDenied {
+        /// The token's name (never the token).
+        name: std::sync::Arc<str>,
+        /// The scope needed.
+        scope: crate::auth::Scope,
+        /// The call, as the message names it.
+        call: &'static str,
+    },
     /// An internal failure (e.g. a panicked compression task).
     #[error("internal error: {0}")]
     Internal(String),
@@ -57,6 +78,8 @@ impl CacheError {
             Self::Backend(BackendError::TooLarge { .. } | BackendError::Refused { .. })
             | Self::Exhausted(_)
             | Self::ReplyTooLarge { .. } => Code::ResourceExhausted,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied { .. } => Code::PermissionDenied,
             Self::Backend(BackendError::Internal { .. }) | Self::Internal(_) => Code::Internal,
         }
     }
@@ -67,6 +90,9 @@ impl From<CacheError> for Status {
         let code = err.code();
         match code {
             Code::InvalidArgument => tracing::debug!(error = %err, "rejected invalid request"),
+            Code::Unauthenticated | Code::PermissionDenied => {
+                tracing::info!(error = %err, "refused a call");
+            }
             Code::Internal => tracing::error!(error = %err, "internal error"),
             _ => tracing::warn!(error = %err, "backend failure"),
         }

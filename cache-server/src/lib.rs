@@ -24,6 +24,7 @@
 //! [`init_telemetry`] and [`envelope::decompress`] names. Anything else unused is then reported by rustc as dead
 //! code. The `fuzzing` feature adds `fuzzing`, for the fuzz targets in `fuzz/` only.
 
+pub mod auth;
 mod backend;
 mod codec;
 pub mod config;
@@ -50,7 +51,7 @@ pub use telemetry::{Telemetry, init as init_telemetry, otlp_endpoint, tracing_en
 // The end-to-end tests and the load generator: a service without a listener, the Redis tier's pruning period,
 // the names of gRPC codes.
 pub use backend::PRUNE_EVERY;
-pub use error::code_name;
+pub use error::{SetupError, code_name};
 pub use metrics::Metrics;
 pub use server::build_backend;
 pub use service::CacheService;

@@ -140,7 +140,11 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "cache-server failed");
             eprintln!("cache-server: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<cache_server::SetupError>().is_some() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -39,6 +39,7 @@ pub fn render(
     mode: &'static str,
     stats: BackendStats,
     inflight: Inflight,
+    auth: &crate::auth::Auth,
 ) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Scrape {
@@ -46,6 +47,11 @@ pub fn render(
         mode,
         stats,
         inflight,
+        refused: [
+            auth.unauthenticated.load(Relaxed),
+            auth.denied.load(Relaxed),
+            auth.reload_failures.load(Relaxed),
+        ],
     }));
     let mut out = String::with_capacity(16 << 10);
     prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
@@ -78,6 +84,8 @@ struct Scrape {
     mode: &'static str,
     stats: BackendStats,
     inflight: Inflight,
+    /// Calls refused as unauthenticated, calls refused for their scope, failed reloads of the tokens file.
+    refused: [u64; 3],
 }
 
 /// The in-flight budget at scrape time.
@@ -138,7 +146,22 @@ impl Collector for Scrape {
                 MetricType::Gauge,
             )?)?;
         }
-        let counters: [(&str, &str, u64); 4] = [
+        let counters: [(&str, &str, u64); 7] = [
+            (
+                "cache_auth_unauthenticated",
+                "Calls refused as UNAUTHENTICATED (no or unknown token; CACHE_AUTH_TOKENS_FILE).",
+                self.refused[0],
+            ),
+            (
+                "cache_auth_permission_denied",
+                "Calls refused as PERMISSION_DENIED (outside the token's scopes).",
+                self.refused[1],
+            ),
+            (
+                "cache_auth_reload_failures",
+                "Changes of the tokens file that did not load (the tokens in use stayed).",
+                self.refused[2],
+            ),
             (
                 "cache_connections_accepted",
                 "Client connections accepted since start.",
@@ -385,7 +408,12 @@ impl Collector for Scrape {
 }
 
 /// Serves `/metrics` on `listener` until `cancel` fires.
-pub async fn serve(listener: TcpListener, render: Render, cancel: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    render: Render,
+    tls: Option<Arc<crate::tls::Tls>>,
+    cancel: CancellationToken,
+) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -399,16 +427,36 @@ pub async fn serve(listener: TcpListener, render: Render, cancel: CancellationTo
         };
         let render = render.clone();
         let cancel = cancel.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let render = render.clone();
                 async move { Ok::<_, Infallible>(answer(&req, &render)) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                () = cancel.cancelled() => {}
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = cancel.cancelled() => {}
+                    }
+                }
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                    let handshake = tokio::time::timeout(
+                        crate::connections::HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    );
+                    let Ok(Ok(stream)) = handshake.await else {
+                        return;
+                    };
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = cancel.cancelled() => {}
+                    }
+                }
             }
         });
     }
@@ -449,7 +497,14 @@ mod tests {
         m.record_latency(Rpc::Get, Duration::from_millis(3));
         m.record_error(Rpc::Set, tonic::Code::InvalidArgument);
         m.record_set(CacheType::Metadata, 3000, 3000);
-        let text = render(&m, "memory", BackendStats::default(), Inflight::default());
+        let auth = crate::auth::Auth::open(crate::keys::Keyspace::new("cache", "default"));
+        let text = render(
+            &m,
+            "memory",
+            BackendStats::default(),
+            Inflight::default(),
+            &auth,
+        );
         for line in [
             "cache_request_duration_seconds_bucket{rpc=\"Get\",le=\"0.0005\"} 1",
             "cache_request_duration_seconds_bucket{rpc=\"Get\",le=\"+Inf\"} 2",

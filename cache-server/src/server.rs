@@ -14,8 +14,10 @@ use tokio_util::task::TaskTracker;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
+use crate::auth::Auth;
 use crate::backend::{Backend, Memory, MemoryOptions, Redis, Tiered};
-use crate::config::{BackendMode, Config, max_message_bytes};
+use crate::config::{BackendMode, Config, Reflection, max_message_bytes};
+use crate::error::SetupError;
 use crate::keys::Keyspace;
 use crate::metrics::Metrics;
 use crate::service::CacheService;
@@ -23,8 +25,19 @@ use crate::service::CacheService;
 /// How often the health service is re-evaluated from the backend's state.
 pub const HEALTH_POLL: Duration = Duration::from_millis(100);
 
-/// Builds the storage backend for the configured mode.
+/// Builds the storage backend for the configured mode, for the process keyspace (no tokens file).
 pub fn build_backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+    build_backend_for(
+        config,
+        vec![Keyspace::new(&config.prefix, &config.namespace)],
+    )
+}
+
+/// Builds the storage backend for the configured mode, keeping the bookkeeping of `keyspaces`.
+fn build_backend_for(
+    config: &Config,
+    keyspaces: Vec<Keyspace>,
+) -> anyhow::Result<Arc<dyn Backend>> {
     let memory = Memory::new(MemoryOptions {
         capacity_bytes: config.memory_capacity_bytes,
         max_item_bytes: max_message_bytes(config.max_value_bytes),
@@ -32,8 +45,7 @@ pub fn build_backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
     if config.backend == BackendMode::Memory {
         return Ok(Arc::new(memory));
     }
-    let keyspace = Keyspace::new(&config.prefix, &config.namespace);
-    let redis = Redis::connect(&config.redis, keyspace)?;
+    let redis = Redis::connect(&config.redis, keyspaces)?;
     Ok(match config.backend {
         BackendMode::Redis => redis,
         _ => Arc::new(Tiered::new(redis, memory, config.redis.fallback_ttl)),
@@ -49,10 +61,21 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let backend = build_backend(&config)?;
+    let auth = Arc::new(match &config.auth_tokens_file {
+        Some(file) => {
+            Auth::from_file(&config.prefix, &config.namespace, file.clone()).map_err(SetupError)?
+        }
+        None => Auth::open(Keyspace::new(&config.prefix, &config.namespace)),
+    });
+    let backend = build_backend_for(&config, auth.keyspaces())?;
     let metrics = Arc::new(Metrics::default());
     let connections = metrics.connections.clone();
-    let service = CacheService::new(config.clone(), backend.clone(), metrics.clone());
+    let service = CacheService::with_auth(
+        config.clone(),
+        backend.clone(),
+        metrics.clone(),
+        auth.clone(),
+    );
     let budget = service.budget();
     let max_message = max_message_bytes(config.max_value_bytes) as usize;
     let cache_server = CacheServiceServer::new(service)
@@ -77,20 +100,33 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
     spawn_background(&tasks, &cancel, &config, backend.clone(), health.clone());
+    tasks.spawn(auth.clone().watch(backend.clone(), cancel.clone()));
     if let Some(addr) = config.metrics_listen {
+        let metrics_tls = match config.metrics_tls_files() {
+            Some(files) => Some(Arc::new(
+                crate::tls::Tls::new(files).map_err(|e| SetupError(format!("metrics TLS: {e}")))?,
+            )),
+            None => None,
+        };
         match TcpListener::bind(addr).await {
             Ok(listener) => {
                 tracing::info!(addr = %listener.local_addr()?, "serving Prometheus metrics at /metrics");
                 let (backend, mode) = (backend.clone(), config.backend.as_str());
                 let budget = budget.clone();
+                let auth = auth.clone();
                 let render: crate::prometheus::Render = Arc::new(move || {
                     let inflight = crate::prometheus::Inflight {
                         in_use: budget.in_use(),
                         budget: budget.bytes(),
                     };
-                    crate::prometheus::render(&metrics, mode, backend.stats(), inflight)
+                    crate::prometheus::render(&metrics, mode, backend.stats(), inflight, &auth)
                 });
-                tasks.spawn(crate::prometheus::serve(listener, render, cancel.clone()));
+                tasks.spawn(crate::prometheus::serve(
+                    listener,
+                    render,
+                    metrics_tls,
+                    cancel.clone(),
+                ));
             }
             // Metrics are not a reason to refuse cache traffic: say so loudly and keep serving.
             Err(e) => {
@@ -114,7 +150,7 @@ pub async fn run(
     };
     let tls = match config.tls_files() {
         Some(files) => {
-            let tls = crate::tls::Tls::new(files).map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+            let tls = crate::tls::Tls::new(files).map_err(|e| SetupError(format!("TLS: {e}")))?;
             tracing::info!(
                 mutual = config.tls_client_ca_file.is_some(),
                 "serving gRPC over TLS"
@@ -124,6 +160,7 @@ pub async fn run(
         None => None,
     };
     let incoming = crate::connections::incoming(listener, limits, connections.clone(), tls);
+    let reflection = config.reflection != Reflection::Off;
     let serve = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
@@ -135,8 +172,18 @@ pub async fn run(
         .trace_fn(crate::telemetry::grpc_span)
         .layer(crate::connections::CallsLayer)
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(reflection.then(|| {
+            tonic::service::interceptor::InterceptedService::new(
+                reflection_v1,
+                reflection_check(auth.clone(), config.reflection),
+            )
+        }))
+        .add_optional_service(reflection.then(|| {
+            tonic::service::interceptor::InterceptedService::new(
+                reflection_v1alpha,
+                reflection_check(auth.clone(), config.reflection),
+            )
+        }))
         .add_service(cache_server)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
@@ -164,6 +211,25 @@ pub async fn run(
     backend.close().await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The check reflection calls pass: none, or (`CACHE_REFLECTION=auth`) a valid token of any scope.
+fn reflection_check(
+    auth: Arc<Auth>,
+    mode: Reflection,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |request: tonic::Request<()>| {
+        if mode == Reflection::Auth {
+            let subject = request
+                .extensions()
+                .get::<crate::connections::ConnInfo>()
+                .and_then(|c| c.peer_subject.as_deref());
+            if let Err(e) = auth.authenticate(request.metadata(), subject) {
+                return Err(e.into());
+            }
+        }
+        Ok(request)
+    }
 }
 
 async fn set_serving(health: &tonic_health::server::HealthReporter, serving: bool) {

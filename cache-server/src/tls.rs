@@ -27,6 +27,8 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// PEM certificates of the CAs client certificates must chain to; `None`: no client certificates.
     pub client_ca: Option<PathBuf>,
+    /// The protocol offered by ALPN (`h2` for gRPC, `http/1.1` for the Prometheus endpoint).
+    pub alpn: &'static [u8],
 }
 
 impl TlsFiles {
@@ -80,9 +82,17 @@ impl TlsFiles {
                 self.key.display()
             )
         })?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = vec![self.alpn.to_vec()];
         Ok(Arc::new(config))
     }
+}
+
+/// The subject of a client certificate, normalised as the tokens file's `client_cert_subject`
+/// (`CN=exporter, O=Arxos`); `None` when the certificate cannot be parsed.
+pub fn subject_of(cert: &CertificateDer<'_>) -> Option<Arc<str>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let subject = crate::auth::tokens::normalize_subject(&parsed.subject().to_string());
+    Some(subject.into())
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

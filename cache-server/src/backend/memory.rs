@@ -225,18 +225,13 @@ impl Backend for Memory {
                 }
                 removed
             }
-            Target::Selector(selector) => self.remove_matching(|_, e| selector.matches(&e.tags)),
-            Target::Pattern(pattern) => {
+            Target::Selector(keyspace, selector) => self.remove_matching(|k, e| {
+                k.starts_with(keyspace.base()) && selector.matches(&e.tags)
+            }),
+            Target::Pattern(_, pattern) => {
                 self.remove_matching(|k, _| glob_match(pattern.as_bytes(), k.as_bytes()))
             }
-            Target::All => {
-                let mut live = Removed::default();
-                for (_, e) in self.cache.iter().filter(|(_, e)| e.is_live(now)) {
-                    live.add(e.tags.cache_type);
-                }
-                self.cache.clear();
-                live
-            }
+            Target::All(keyspace) => self.remove_matching(|k, _| k.starts_with(keyspace.base())),
         })
     }
 

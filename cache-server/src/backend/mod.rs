@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::codec::Provenance;
-use crate::keys::{CacheType, Key, Selector};
+use crate::keys::{CacheType, Key, Keyspace, Selector};
 
 /// Which tier a value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,17 +87,27 @@ pub struct Stored {
     pub fallback: bool,
 }
 
-/// What an Invalidate removes.
+/// What an Invalidate removes. Every target lies within one keyspace (a key's is its own).
 #[derive(Debug, Clone)]
 pub enum Target {
     /// One entry.
     Key(Key),
-    /// Every entry matching the selector.
-    Selector(Selector),
+    /// Every entry of the keyspace matching the selector.
+    Selector(Keyspace, Selector),
     /// Every entry whose full storage key matches this glob (already anchored under the keyspace).
-    Pattern(String),
-    /// Every entry of this service.
-    All,
+    Pattern(Keyspace, String),
+    /// Every entry of the keyspace.
+    All(Keyspace),
+}
+
+impl Target {
+    /// The keyspace the target lies in.
+    pub fn keyspace_base(&self) -> &str {
+        match self {
+            Target::Key(key) => key.base(),
+            Target::Selector(ks, _) | Target::Pattern(ks, _) | Target::All(ks) => ks.base(),
+        }
+    }
 }
 
 /// Point-in-time figures a backend reports for the Metrics RPC.
@@ -244,6 +254,13 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
 
     /// Releases connections on shutdown.
     async fn close(&self) {}
+
+    /// Takes on the keyspaces of tenants added while serving (a reload of the tokens file), before any of
+    /// their calls: a shared tier verifies their bookkeeping first. An error means not yet (Redis is not
+    /// verified now); the caller tries again.
+    async fn add_keyspaces(&self, _keyspaces: &[Keyspace]) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{Backend, BackendError, BackendStats, Hit, Memory, Redis, Removed, Stored, Target};
-use crate::keys::Key;
+use crate::keys::{Key, Keyspace};
 
 /// Redis with the memory tier as fallback.
 #[derive(Debug)]
@@ -157,6 +157,10 @@ impl Backend for Tiered {
 
     async fn warm_up(&self, within: Duration) {
         self.redis.wait_up(within).await;
+    }
+
+    async fn add_keyspaces(&self, keyspaces: &[Keyspace]) -> Result<(), BackendError> {
+        self.redis.verify_keyspaces(keyspaces).await
     }
 
     fn sweep_expired(&self) {

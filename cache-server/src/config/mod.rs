@@ -27,7 +27,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use values::{BackendMode, HumanDuration, LogFormat, MetricsListen, Secret, SettingType};
+pub use values::{
+    BackendMode, HumanDuration, LogFormat, MetricsListen, Reflection, Secret, SettingType, Switch,
+};
 
 use declare::settings;
 
@@ -100,6 +102,12 @@ settings! {
         tls_key_file: PathBuf = unset, env "CACHE_TLS_KEY_FILE", flag "tls-key";
         /// PEM CA certificates that client certificates must chain to (mutual TLS)
         tls_client_ca_file: PathBuf = unset, env "CACHE_TLS_CLIENT_CA_FILE", flag "tls-client-ca";
+        /// serve the Prometheus endpoint over TLS with `tls_cert_file` / `tls_key_file` (`on` / `off`)
+        metrics_tls: Switch = "off", env "CACHE_METRICS_TLS", flag "metrics-tls";
+        /// TOML file of tokens (name, sha256, tenant, scopes): every cache.v1 call then needs `authorization: Bearer <token>`; re-read on change and SIGHUP
+        auth_tokens_file: PathBuf = unset, env "CACHE_AUTH_TOKENS_FILE", flag "auth-tokens-file";
+        /// server reflection: `on`, `off`, or `auth` (only callers with a valid token)
+        reflection: Reflection = "on", env "CACHE_REFLECTION", flag "reflection";
     }
     nested {
         /// Redis settings (the `[redis]` table).
@@ -206,6 +214,18 @@ impl Config {
             cert: self.tls_cert_file.clone()?,
             key: self.tls_key_file.clone()?,
             client_ca: self.tls_client_ca_file.clone(),
+            alpn: b"h2",
+        })
+    }
+
+    /// The TLS files of the Prometheus endpoint (`metrics_tls`): the same certificate, no client
+    /// certificates (scrapers authenticate the server), HTTP/1.1.
+    pub fn metrics_tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        let files = self.tls_files().filter(|_| self.metrics_tls)?;
+        Some(crate::tls::TlsFiles {
+            client_ca: None,
+            alpn: b"http/1.1",
+            ..files
         })
     }
 }
@@ -363,7 +383,19 @@ impl Config {
                         .into(),
                 );
             }
+            (None, None) if self.metrics_tls => {
+                return invalid(
+                    "metrics_tls needs tls_cert_file and tls_key_file (it serves the same certificate)"
+                        .into(),
+                );
+            }
             _ => {}
+        }
+        if self.reflection == Reflection::Auth && self.auth_tokens_file.is_none() {
+            return invalid(
+                "reflection = auth needs auth_tokens_file (the tokens reflection would check)"
+                    .into(),
+            );
         }
         if self.max_connections == 0 {
             return invalid("max_connections must be at least 1".into());

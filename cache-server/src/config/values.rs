@@ -51,8 +51,16 @@ held_as_written!(
     bool,
     SocketAddr,
     BackendMode,
-    LogFormat
+    LogFormat,
+    Reflection
 );
+
+impl SettingType for Switch {
+    type Value = bool;
+    fn value(self) -> bool {
+        self.0
+    }
+}
 
 impl SettingType for String {
     type Value = String;
@@ -150,6 +158,60 @@ impl FromStr for LogFormat {
             "text" => Ok(Self::Text),
             "json" => Ok(Self::Json),
             _ => Err("expected text or json".to_owned()),
+        }
+    }
+}
+
+/// Who may use server reflection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reflection {
+    /// Everyone (grpcurl works without a descriptor set).
+    On,
+    /// Nobody: reflection is not served.
+    Off,
+    /// Callers with a valid token of the tokens file.
+    Auth,
+}
+
+impl FromStr for Reflection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            "auth" => Ok(Self::Auth),
+            _ => Err("expected on, off or auth".to_owned()),
+        }
+    }
+}
+
+/// A switch written `on` / `off` (also `true` / `false`, `yes` / `no`, `1` / `0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switch(pub bool);
+
+impl FromStr for Switch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "yes" | "1" => Ok(Self(true)),
+            "off" | "false" | "no" | "0" => Ok(Self(false)),
+            _ => Err("expected on or off".to_owned()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Switch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bool(bool),
+            Text(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Bool(b) => Ok(Self(b)),
+            Written::Text(s) => s.parse().map_err(serde::de::Error::custom),
         }
     }
 }

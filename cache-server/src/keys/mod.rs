@@ -78,10 +78,20 @@ pub struct Key {
     pub options_json: String,
     /// The full storage key, `<prefix>:<namespace>:<rendered>`.
     pub storage_key: Arc<str>,
+    /// Length of the keyspace base the storage key starts with.
+    base_len: usize,
 }
 
-/// The storage namespace: `<prefix>:<namespace>:`. The namespace is reserved for tenants.
-#[derive(Debug, Clone)]
+impl Key {
+    /// The base of the keyspace the key lives in (`<prefix>:<namespace>:`, a prefix of its storage key).
+    pub fn base(&self) -> &str {
+        &self.storage_key[..self.base_len]
+    }
+}
+
+/// The storage namespace: `<prefix>:<namespace>:`. With a tokens file, each tenant's calls live in the
+/// keyspace whose namespace is the tenant's name (see `crate::auth`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Keyspace {
     base: Arc<str>,
 }
@@ -185,6 +195,7 @@ impl Keyspace {
             format,
             options_json,
             storage_key: storage_key.into(),
+            base_len: self.base.len(),
         })
     }
 

@@ -156,7 +156,7 @@ pub fn invalidate(req: pb::InvalidateRequest) {
             let alone = super::keys::key(&KEYSPACE, &requested).expect("valid alone");
             assert_eq!(k.storage_key, alone.storage_key);
         }
-        (Target::Selector(s), Some(T::Selector(_))) => {
+        (Target::Selector(_, s), Some(T::Selector(_))) => {
             assert!(
                 s.cache_type.is_some()
                     || s.object_id.is_some()
@@ -164,7 +164,7 @@ pub fn invalidate(req: pb::InvalidateRequest) {
                     || s.project_id.is_some()
             );
         }
-        (Target::Pattern(p), Some(T::Pattern(requested))) => {
+        (Target::Pattern(_, p), Some(T::Pattern(requested))) => {
             let base = KEYSPACE.base();
             assert!(p.starts_with(base), "{p:?}");
             assert!(p.len() <= base.len() + MAX_PATTERN_BYTES);
@@ -172,7 +172,7 @@ pub fn invalidate(req: pb::InvalidateRequest) {
             super::keys::glob(p.as_bytes(), format!("{base}metadata:42:user:7").as_bytes());
             glob_match(p.as_bytes(), p.as_bytes());
         }
-        (Target::All, Some(T::All(true))) => {}
+        (Target::All(_), Some(T::All(true))) => {}
         (target, original) => panic!("{original:?} validated as {target:?}"),
     }
 }

@@ -21,6 +21,7 @@ use std::time::Instant;
 use cache_proto::pb;
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Auth, CallerRef, Scope};
 use crate::backend::{Backend, Target};
 use crate::codec::{self, CompressionPolicy};
 use crate::config::Config;
@@ -37,7 +38,8 @@ pub struct CacheService {
 
 #[derive(Debug)]
 struct Inner {
-    keyspace: Keyspace,
+    /// Who may call, and in which keyspace.
+    auth: Arc<Auth>,
     backend: Arc<dyn Backend>,
     config: Config,
     policy: CompressionPolicy,
@@ -49,19 +51,29 @@ struct Inner {
 }
 
 impl CacheService {
-    /// Builds the service over a backend.
+    /// Builds the service over a backend, open to every caller (no tokens file).
     pub fn new(config: Config, backend: Arc<dyn Backend>, metrics: Arc<Metrics>) -> Self {
+        let auth = Arc::new(Auth::open(Keyspace::new(&config.prefix, &config.namespace)));
+        Self::with_auth(config, backend, metrics, auth)
+    }
+
+    /// Builds the service over a backend, for the callers `auth` knows.
+    pub fn with_auth(
+        config: Config,
+        backend: Arc<dyn Backend>,
+        metrics: Arc<Metrics>,
+        auth: Arc<Auth>,
+    ) -> Self {
         let budget = Arc::new(Budget::new(config.max_inflight_bytes));
         let policy = CompressionPolicy {
             threshold_bytes: config.compression_threshold_bytes,
             max_value_bytes: config.max_value_bytes,
             ..CompressionPolicy::default()
         };
-        let keyspace = Keyspace::new(&config.prefix, &config.namespace);
         let max_reply_bytes = crate::config::max_message_bytes(config.max_value_bytes);
         Self {
             inner: Arc::new(Inner {
-                keyspace,
+                auth,
                 backend,
                 config,
                 policy,
@@ -115,6 +127,25 @@ impl CacheService {
 }
 
 impl Inner {
+    /// Who sent `request`, when they may make this call: `scope` names what it needs.
+    fn caller<T>(
+        &self,
+        request: &Request<T>,
+        scope: Scope,
+        call: &'static str,
+    ) -> Result<CallerRef<'_>, CacheError> {
+        let subject = request
+            .extensions()
+            .get::<crate::connections::ConnInfo>()
+            .and_then(|c| c.peer_subject.as_deref());
+        let caller = self.auth.authenticate(request.metadata(), subject)?;
+        if let Err(e) = caller.require(scope, call) {
+            self.auth.denied.fetch_add(1, Relaxed);
+            return Err(e);
+        }
+        Ok(caller)
+    }
+
     async fn set(&self, plan: SetPlan) -> Result<pb::SetResponse, CacheError> {
         let SetPlan {
             key,
@@ -163,8 +194,12 @@ impl Inner {
         })
     }
 
-    async fn invalidate(&self, req: pb::InvalidateRequest) -> Result<u64, CacheError> {
-        let target = validate::invalidate_request(&self.keyspace, req)?;
+    async fn invalidate(
+        &self,
+        keyspace: &Keyspace,
+        req: pb::InvalidateRequest,
+    ) -> Result<u64, CacheError> {
+        let target = validate::invalidate_request(keyspace, req)?;
         let removed_by_type =
             crate::telemetry::traced("backend.invalidate", self.backend.invalidate(&target))
                 .await?;
@@ -182,6 +217,7 @@ impl Inner {
 
     async fn set_many(
         &self,
+        keyspace: &Keyspace,
         requests: Vec<pb::SetRequest>,
     ) -> Result<pb::SetManyResponse, CacheError> {
         validate::check_batch(requests.len())?;
@@ -189,7 +225,7 @@ impl Inner {
             .into_iter()
             .enumerate()
             .map(|(i, r)| {
-                validate::set_request(&self.keyspace, &self.config, r)
+                validate::set_request(keyspace, &self.config, r)
                     .map_err(|e| e.within(&format!("requests[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -218,9 +254,9 @@ fn request_options(key: &Key, requested: Option<&pb::CacheKey>) -> Option<prost_
 fn target_label(target: &Target) -> &'static str {
     match target {
         Target::Key(_) => "key",
-        Target::Selector(_) => "selector",
-        Target::Pattern(_) => "pattern",
-        Target::All => "all",
+        Target::Selector(..) => "selector",
+        Target::Pattern(..) => "pattern",
+        Target::All(_) => "all",
     }
 }
 
@@ -231,7 +267,10 @@ impl pb::cache_service_server::CacheService for CacheService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let started = Instant::now();
-        let result = self.inner.get(request.get_ref()).await;
+        let result = match self.inner.caller(&request, Scope::Read, "Get") {
+            Ok(caller) => self.inner.get(&caller.keyspace, request.get_ref()).await,
+            Err(e) => Err(e),
+        };
         self.finish_holding(Rpc::Get, started, result)
     }
 
@@ -241,11 +280,15 @@ impl pb::cache_service_server::CacheService for CacheService {
     ) -> Result<Response<pb::SetResponse>, Status> {
         let started = Instant::now();
         let inner = &self.inner;
-        let result =
-            match validate::set_request(&inner.keyspace, &inner.config, request.into_inner()) {
-                Ok(plan) => self.inner.set(plan).await,
-                Err(e) => Err(e.into()),
-            };
+        let result = match inner.caller(&request, Scope::Write, "Set") {
+            Ok(caller) => {
+                match validate::set_request(&caller.keyspace, &inner.config, request.into_inner()) {
+                    Ok(plan) => inner.set(plan).await,
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e),
+        };
         self.finish(Rpc::Set, started, result)
     }
 
@@ -253,22 +296,34 @@ impl pb::cache_service_server::CacheService for CacheService {
         &self,
         request: Request<pb::InvalidateRequest>,
     ) -> Result<Response<pb::InvalidateResponse>, Status> {
+        use pb::invalidate_request::Target as T;
         let started = Instant::now();
-        let result = self
-            .inner
-            .invalidate(request.into_inner())
-            .await
-            .map(|invalidated| pb::InvalidateResponse { invalidated });
+        let (scope, call) = match request.get_ref().target {
+            Some(T::Pattern(_)) => (Scope::Admin, "Invalidate with a pattern"),
+            Some(T::All(_)) => (Scope::Admin, "Invalidate all"),
+            _ => (Scope::Invalidate, "Invalidate"),
+        };
+        let result = match self.inner.caller(&request, scope, call) {
+            Ok(caller) => self
+                .inner
+                .invalidate(&caller.keyspace, request.into_inner())
+                .await
+                .map(|invalidated| pb::InvalidateResponse { invalidated }),
+            Err(e) => Err(e),
+        };
         self.finish(Rpc::Invalidate, started, result)
     }
 
     async fn metrics(
         &self,
-        _request: Request<pb::MetricsRequest>,
+        request: Request<pb::MetricsRequest>,
     ) -> Result<Response<pb::MetricsResponse>, Status> {
         let started = Instant::now();
-        let response = self.inner.metrics_response();
-        self.finish(Rpc::Metrics, started, Ok(response))
+        let result = self
+            .inner
+            .caller(&request, Scope::Admin, "Metrics")
+            .map(|_| self.inner.metrics_response());
+        self.finish(Rpc::Metrics, started, result)
     }
 
     async fn get_many(
@@ -276,7 +331,14 @@ impl pb::cache_service_server::CacheService for CacheService {
         request: Request<pb::GetManyRequest>,
     ) -> Result<Response<pb::GetManyResponse>, Status> {
         let started = Instant::now();
-        let result = self.inner.get_many(request.into_inner().requests).await;
+        let result = match self.inner.caller(&request, Scope::Read, "GetMany") {
+            Ok(caller) => {
+                self.inner
+                    .get_many(&caller.keyspace, request.into_inner().requests)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         self.finish_holding(Rpc::GetMany, started, result)
     }
 
@@ -285,7 +347,14 @@ impl pb::cache_service_server::CacheService for CacheService {
         request: Request<pb::SetManyRequest>,
     ) -> Result<Response<pb::SetManyResponse>, Status> {
         let started = Instant::now();
-        let result = self.inner.set_many(request.into_inner().requests).await;
+        let result = match self.inner.caller(&request, Scope::Write, "SetMany") {
+            Ok(caller) => {
+                self.inner
+                    .set_many(&caller.keyspace, request.into_inner().requests)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         self.finish(Rpc::SetMany, started, result)
     }
 }

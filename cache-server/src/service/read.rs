@@ -18,7 +18,7 @@ use super::{Inner, request_options, validate};
 use crate::codec::{self, Codec, Envelope};
 use crate::error::CacheError;
 use crate::inflight::Permit;
-use crate::keys::Key;
+use crate::keys::{Key, Keyspace};
 
 /// Stored payloads at least this large are decompressed on the blocking pool.
 const OFFLOAD_DECOMPRESS_BYTES: usize = 256 << 10;
@@ -50,9 +50,10 @@ impl Found {
 impl Inner {
     pub(super) async fn get(
         &self,
+        keyspace: &Keyspace,
         req: &pb::GetRequest,
     ) -> Result<(pb::GetResponse, Option<Permit>), CacheError> {
-        let key = validate::get_request(&self.keyspace, req)?;
+        let key = validate::get_request(keyspace, req)?;
         let cache_type = key.tags.cache_type;
         let Some(found) = self.read(&key).await?.filter(|f| f.answers(req)) else {
             self.metrics.record_get(cache_type, false);
@@ -79,10 +80,11 @@ impl Inner {
 
     pub(super) async fn get_many(
         &self,
+        keyspace: &Keyspace,
         requests: Vec<pb::GetRequest>,
     ) -> Result<(pb::GetManyResponse, Option<Permit>), CacheError> {
         // Every key is validated first, so one bad request fails the call before any work is done.
-        let keys = validate::get_many_request(&self.keyspace, &requests)?;
+        let keys = validate::get_many_request(keyspace, &requests)?;
 
         // Each distinct key is read once: `slot[i]` is request i's index among the distinct keys, `first[d]`
         // the first request naming distinct key d.

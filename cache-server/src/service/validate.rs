@@ -174,9 +174,11 @@ pub fn invalidate_request(
     use pb::invalidate_request::Target as T;
     Ok(match req.target {
         Some(T::Key(k)) => Target::Key(keyspace.key(Some(&k), "key")?),
-        Some(T::Selector(s)) => Target::Selector(keyspace.selector(&s, "selector")?),
-        Some(T::Pattern(p)) => Target::Pattern(keyspace.pattern(&p, "pattern")?),
-        Some(T::All(true)) => Target::All,
+        Some(T::Selector(s)) => {
+            Target::Selector(keyspace.clone(), keyspace.selector(&s, "selector")?)
+        }
+        Some(T::Pattern(p)) => Target::Pattern(keyspace.clone(), keyspace.pattern(&p, "pattern")?),
+        Some(T::All(true)) => Target::All(keyspace.clone()),
         Some(T::All(false)) => {
             return Err(InvalidField::new(
                 "all",

@@ -24,6 +24,7 @@ use super::Redis;
 use super::conn::Unusable;
 use super::outage::Outage;
 use crate::backend::{BackendError, Target};
+use crate::keys::Keyspace;
 
 /// How long acknowledged invalidations are kept for a failover's replay, and how many.
 const JOURNAL_AGE: Duration = Duration::from_secs(120);
@@ -159,11 +160,23 @@ impl Redis {
     /// not (a restart, possibly from a snapshot; a failover not yet verified by a running server; an
     /// evicted marker; a new Redis) ends its generations.
     pub(super) async fn check_markers(&self, info: &Replication) -> Result<(), BackendError> {
-        let base = self.keyspace.base().to_owned();
+        self.check_markers_of(&self.keyspaces(), &info.replid).await
+    }
+
+    /// [`Self::check_markers`] for some keyspaces, against the replication id `replid`.
+    pub(super) async fn check_markers_of(
+        &self,
+        keyspaces: &[Keyspace],
+        replid: &str,
+    ) -> Result<(), BackendError> {
         let mut stale = Vec::new();
-        for b in 0..self.layout.buckets() {
+        for (keyspace, b) in keyspaces
+            .iter()
+            .flat_map(|ks| (0..self.layout.buckets()).map(move |b| (ks, b)))
+        {
+            let base = keyspace.base();
             let marker: Option<String> = self
-                .call(self.fast().get(self.layout.marker_key(&base, b)))
+                .call(self.fast().get(self.layout.marker_key(base, b)))
                 .await
                 .or_else(|e| match e {
                     // A marker of the wrong type: replaced below.
@@ -173,9 +186,9 @@ impl Redis {
             // Only the same replication id vouches for the data. A `master_replid2` naming the marker's id
             // is either a promoted replica or a primary restarted from its own snapshot (Redis 7 keeps the
             // old id then): a fresh server has no history to tell them apart, so it ends the generations.
-            let known = marker.is_some_and(|m| m == info.replid);
+            let known = marker.is_some_and(|m| m == replid);
             if !known {
-                stale.push(b);
+                stale.push(self.layout.bucket_prefix(base, b));
             }
         }
         if !stale.is_empty() {
@@ -186,13 +199,64 @@ impl Redis {
     }
 
     pub(super) async fn write_markers(&self, replid: &str) -> Result<(), BackendError> {
-        let base = self.keyspace.base().to_owned();
-        for b in 0..self.layout.buckets() {
-            let key = self.layout.marker_key(&base, b);
-            let _: () = self
-                .call(self.fast().set(key, replid, None, None, false))
-                .await?;
+        self.write_markers_of(&self.keyspaces(), replid).await
+    }
+
+    async fn write_markers_of(
+        &self,
+        keyspaces: &[Keyspace],
+        replid: &str,
+    ) -> Result<(), BackendError> {
+        for keyspace in keyspaces {
+            for b in 0..self.layout.buckets() {
+                let key = self.layout.marker_key(keyspace.base(), b);
+                let _: () = self
+                    .call(self.fast().set(key, replid, None, None, false))
+                    .await?;
+            }
         }
+        Ok(())
+    }
+
+    /// The keyspaces whose bookkeeping this tier keeps.
+    pub(super) fn keyspaces(&self) -> Vec<Keyspace> {
+        self.keyspaces.read().clone()
+    }
+
+    /// Takes on keyspaces (tenants added by a reload of the tokens file): each is checked like a fresh
+    /// server's (a bucket whose marker does not name the verified Redis ends its generations) before any of
+    /// its calls is served. Needs Redis up and verified; on failure nothing was added, and the caller tries
+    /// again later.
+    pub(crate) async fn verify_keyspaces(
+        &self,
+        keyspaces: &[Keyspace],
+    ) -> Result<(), BackendError> {
+        let fresh: Vec<Keyspace> = {
+            let known = self.keyspaces.read();
+            keyspaces
+                .iter()
+                .filter(|ks| !known.contains(ks))
+                .cloned()
+                .collect()
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let replid = self.outage.history.lock().replid.clone();
+        let Some(replid) = replid.filter(|_| self.is_up()) else {
+            return Err(self.unavailable());
+        };
+        // Listed first, so that a continuity flush running meanwhile covers them too.
+        self.keyspaces.write().extend(fresh.iter().cloned());
+        let checked = async {
+            self.check_markers_of(&fresh, &replid).await?;
+            self.write_markers_of(&fresh, &replid).await
+        };
+        if let Err(e) = checked.await {
+            self.keyspaces.write().retain(|ks| !fresh.contains(ks));
+            return Err(e);
+        }
+        tracing::info!(redis = %self.conn.target, keyspaces = fresh.len(), "new tenants' keyspaces verified");
         Ok(())
     }
     /// With Sentinel: whether fred is connected to the primary Sentinel names. When it is not (a promotion:

@@ -13,10 +13,10 @@ use fred::types::Value;
 use fred::types::scan::Scanner as _;
 use futures::TryStreamExt as _;
 
-use super::layout::Dim;
+use super::layout::{Dim, bucket_prefix_of};
 use super::{Redis, TIER};
 use crate::backend::{BackendError, Removed, Target};
-use crate::keys::{CacheType, KeyTags, Selector, glob_match, parse_rendered};
+use crate::keys::{CacheType, KeyTags, Keyspace, Selector, glob_match, parse_rendered};
 
 /// Members removed per drain step (one Lua call each, so Redis is never blocked long).
 const DRAIN_BATCH: u32 = 500;
@@ -95,13 +95,15 @@ impl Redis {
         let client = client.clone();
         Ok(match target {
             Target::Key(key) => {
-                let keys = self.layout.entry_keys(self.keyspace.base(), key);
-                self.delete_on(&client, keys.bucket, vec![keys.entry])
-                    .await?
+                let keys = self.layout.entry_keys(key.base(), key);
+                let prefix = self.layout.bucket_prefix(key.base(), keys.bucket);
+                self.delete_on(&client, &prefix, vec![keys.entry]).await?
             }
-            Target::Selector(s) => self.invalidate_selector(&client, s).await?,
-            Target::Pattern(p) => self.invalidate_pattern(&client, p).await?,
-            Target::All => self.invalidate_all(&client).await?,
+            Target::Selector(keyspace, s) => self.invalidate_selector(&client, keyspace, s).await?,
+            Target::Pattern(keyspace, p) => {
+                self.invalidate_pattern(&client, keyspace.base(), p).await?
+            }
+            Target::All(keyspace) => self.invalidate_all(&client, keyspace.base()).await?,
         })
     }
 
@@ -149,46 +151,54 @@ impl Redis {
         Ok(())
     }
 
-    /// Deletes entries of one bucket by name, with their meta and blob.
+    /// Deletes entries by name, with their meta and blob (grouped by bucket: one slot per script).
     pub(super) async fn delete_entries(
         &self,
-        bucket: u32,
         entries: Vec<String>,
     ) -> Result<Removed, BackendError> {
         let client = self.invalidation_client();
-        self.delete_on(&client, bucket, entries).await
+        let mut by_prefix: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for entry in entries {
+            if let Some(prefix) = bucket_prefix_of(&entry) {
+                by_prefix.entry(prefix.to_owned()).or_default().push(entry);
+            }
+        }
+        let mut removed = Removed::default();
+        for (prefix, entries) in by_prefix {
+            removed.merge(self.delete_on(&client, &prefix, entries).await?);
+        }
+        Ok(removed)
     }
 
+    /// Deletes entries of the bucket `prefix` (`<base>{b}:`) names.
     async fn delete_on(
         &self,
         client: &Client,
-        bucket: u32,
+        prefix: &str,
         entries: Vec<String>,
     ) -> Result<Removed, BackendError> {
-        let prefix = self.layout.bucket_prefix(self.keyspace.base(), bucket);
         let mut removed = Removed::default();
         for chunk in entries.chunks(DRAIN_BATCH as usize) {
             let fut = self
                 .scripts
                 .delete
                 .run::<Value, _, _>(client, Options::default(), || {
-                    (chunk.to_vec(), vec![Value::from(prefix.as_str())])
+                    (chunk.to_vec(), vec![Value::from(prefix)])
                 });
             removed.merge(self.outcome(&self.call(fut).await?, None).removed);
         }
         Ok(removed)
     }
 
-    /// Ends the generations `gens` of one bucket, then drains `indexes` (see `lua/drain.lua`).
+    /// Ends the generations `gens` of the bucket `prefix` names, then drains `indexes` (see `lua/drain.lua`).
     async fn drain(
         &self,
         client: &Client,
-        bucket: u32,
+        prefix: &str,
         gens: Vec<String>,
         indexes: Vec<String>,
         budget: u32,
     ) -> Result<Removed, BackendError> {
-        let prefix = self.layout.bucket_prefix(self.keyspace.base(), bucket);
         let mut removed = Removed::default();
         let mut gens = gens;
         loop {
@@ -198,7 +208,7 @@ impl Redis {
             let args = vec![
                 Value::from(ngens as i64),
                 Value::from(i64::from(budget)),
-                Value::from(prefix.as_str()),
+                Value::from(prefix),
             ];
             let fut = self
                 .scripts
@@ -212,21 +222,30 @@ impl Redis {
         }
     }
 
-    /// Ends every generation of the given buckets (all of them when `None`): every entry of this keyspace
-    /// there becomes a miss at once. Memory is reclaimed by TTL, eviction and pruning.
+    /// Ends every generation of the given buckets (`<base>{b}:` prefixes; every bucket of every keyspace
+    /// when `None`): every entry there becomes a miss at once. Memory is reclaimed by TTL, eviction and
+    /// pruning.
     pub(super) async fn end_every_generation(
         &self,
-        buckets: Option<&[u32]>,
+        buckets: Option<&[String]>,
     ) -> Result<(), BackendError> {
         let client = self.invalidation_client();
-        let all: Vec<u32> = (0..self.layout.buckets()).collect();
-        for &b in buckets.unwrap_or(&all) {
-            let prefix = self.layout.bucket_prefix(self.keyspace.base(), b);
+        let all: Vec<String> = match buckets {
+            Some(_) => Vec::new(),
+            None => self
+                .keyspaces()
+                .iter()
+                .flat_map(|ks| {
+                    (0..self.layout.buckets()).map(|b| self.layout.bucket_prefix(ks.base(), b))
+                })
+                .collect(),
+        };
+        for prefix in buckets.unwrap_or(&all) {
             let gens = CacheType::ALL
                 .iter()
-                .map(|t| self.layout.gen_key(&prefix, &Dim::Type(*t)))
+                .map(|t| self.layout.gen_key(prefix, &Dim::Type(*t)))
                 .collect();
-            self.drain(&client, b, gens, Vec::new(), 0).await?;
+            self.drain(&client, prefix, gens, Vec::new(), 0).await?;
         }
         self.reads.clear();
         self.outage
@@ -278,9 +297,10 @@ impl Redis {
     async fn invalidate_selector(
         &self,
         client: &Client,
+        keyspace: &Keyspace,
         s: &Selector,
     ) -> Result<Removed, BackendError> {
-        let base = self.keyspace.base();
+        let base = keyspace.base();
         let (buckets, dims, exact) = self.selector_plan(s);
         let mut removed = Removed::default();
         for &b in &buckets {
@@ -294,10 +314,16 @@ impl Redis {
                 .map(|d| self.layout.index_key(&prefix, d))
                 .collect();
             if exact {
-                removed.merge(self.drain(client, b, gens, indexes, DRAIN_BATCH).await?);
+                removed.merge(
+                    self.drain(client, &prefix, gens, indexes, DRAIN_BATCH)
+                        .await?,
+                );
             } else {
                 for (generation, index) in gens.into_iter().zip(indexes) {
-                    removed.merge(self.filter(client, b, generation, index, s).await?);
+                    removed.merge(
+                        self.filter(client, base, &prefix, generation, index, s)
+                            .await?,
+                    );
                 }
             }
         }
@@ -314,11 +340,11 @@ impl Redis {
             let prefix = self.layout.bucket_prefix(base, bucket);
             let entries: Vec<String> = types
                 .into_iter()
-                .filter_map(|t| self.keyspace.unscoped_key(t, id))
+                .filter_map(|t| keyspace.unscoped_key(t, id))
                 .map(|logical| format!("{prefix}{}", &logical[base.len()..]))
                 .collect();
             if !entries.is_empty() {
-                removed.merge(self.delete_on(client, bucket, entries).await?);
+                removed.merge(self.delete_on(client, &prefix, entries).await?);
             }
         }
         Ok(removed)
@@ -328,12 +354,12 @@ impl Redis {
     async fn filter(
         &self,
         client: &Client,
-        bucket: u32,
+        base: &str,
+        prefix: &str,
         generation: String,
         index: String,
         s: &Selector,
     ) -> Result<Removed, BackendError> {
-        let base = self.keyspace.base();
         let mut doomed: Vec<String> = Vec::new();
         let mut stream = std::pin::pin!(client.zscan(index.clone(), "*", Some(1000)));
         while let Some(mut page) = self.next_page(&mut stream).await? {
@@ -350,7 +376,6 @@ impl Redis {
             }
             page.next();
         }
-        let prefix = self.layout.bucket_prefix(base, bucket);
         let mut removed = Removed::default();
         let mut chunks: Vec<&[String]> = doomed.chunks(DRAIN_BATCH as usize).collect();
         if chunks.is_empty() {
@@ -365,7 +390,7 @@ impl Redis {
                 .scripts
                 .filter
                 .run::<Value, _, _>(client, Options::default(), || {
-                    (keys.clone(), vec![Value::from(prefix.as_str())])
+                    (keys.clone(), vec![Value::from(prefix)])
                 });
             removed.merge(self.outcome(&self.call(fut).await?, Some(5)).removed);
         }
@@ -389,9 +414,9 @@ impl Redis {
     async fn invalidate_pattern(
         &self,
         client: &Client,
+        base: &str,
         pattern: &str,
     ) -> Result<Removed, BackendError> {
-        let base = self.keyspace.base();
         let glob = self.layout.scan_glob(base, pattern);
         let mut by_bucket: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
         let mut stream = std::pin::pin!(client.scan(glob, Some(SCAN_COUNT), None));
@@ -413,16 +438,17 @@ impl Redis {
         }
         let mut removed = Removed::default();
         for (bucket, keys) in by_bucket {
-            removed.merge(self.delete_on(client, bucket, keys).await?);
+            let prefix = self.layout.bucket_prefix(base, bucket);
+            removed.merge(self.delete_on(client, &prefix, keys).await?);
         }
         Ok(removed)
     }
 
     /// Ends every type's generation in every bucket and drains the type indexes.
-    async fn invalidate_all(&self, client: &Client) -> Result<Removed, BackendError> {
+    async fn invalidate_all(&self, client: &Client, base: &str) -> Result<Removed, BackendError> {
         let mut removed = Removed::default();
         for b in self.all_buckets() {
-            let prefix = self.layout.bucket_prefix(self.keyspace.base(), b);
+            let prefix = self.layout.bucket_prefix(base, b);
             let dims: Vec<Dim<'_>> = CacheType::ALL.into_iter().map(Dim::Type).collect();
             let gens = dims
                 .iter()
@@ -432,7 +458,10 @@ impl Redis {
                 .iter()
                 .map(|d| self.layout.index_key(&prefix, d))
                 .collect();
-            removed.merge(self.drain(client, b, gens, indexes, DRAIN_BATCH).await?);
+            removed.merge(
+                self.drain(client, &prefix, gens, indexes, DRAIN_BATCH)
+                    .await?,
+            );
         }
         Ok(removed)
     }

@@ -28,6 +28,14 @@ use std::fmt::Write as _;
 
 use crate::keys::{CacheType, Key, KeyTags, escape_into};
 
+/// The bucket prefix (`<base>{b}:`) a key of this layout starts with: a base holds no brace (it is escaped),
+/// so the first `}:` ends the bucket tag. `None` for a key of no bucket.
+pub(super) fn bucket_prefix_of(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let close = open + key[open..].find("}:")?;
+    Some(&key[..close + 2])
+}
+
 /// One dimension of an entry, in snapshot order: type, object, user, project.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Dim<'a> {
@@ -199,10 +207,10 @@ impl Layout {
     }
 
     /// The blob key a large Set writes first, renamed into place once the Set's bookkeeping ran.
-    pub fn staging_key(&self, keys: &EntryKeys, base: &str, version: u64) -> String {
-        let prefix = self.bucket_prefix(base, keys.bucket);
+    pub fn staging_key(&self, keys: &EntryKeys, version: u64) -> String {
+        let prefix = bucket_prefix_of(&keys.entry).unwrap_or_default();
         let rendered = &keys.entry[prefix.len()..];
-        let mut out = Self::named(&prefix, "~t:", rendered);
+        let mut out = Self::named(prefix, "~t:", rendered);
         let _ = write!(out, ":{version:016x}");
         out
     }

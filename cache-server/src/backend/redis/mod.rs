@@ -89,7 +89,9 @@ pub struct Redis {
     conn: Conn,
     txn: TxnConnection,
     layout: Layout,
-    keyspace: Keyspace,
+    /// The keyspaces whose bookkeeping the tier keeps (continuity markers, generations, statistics): the
+    /// process' own, or every tenant's (see [`Redis::add_keyspaces`]).
+    keyspaces: parking_lot::RwLock<Vec<Keyspace>>,
     scripts: Scripts,
     outage: Outage,
     reads: ReadCounts,
@@ -139,7 +141,10 @@ impl Redis {
     ///
     /// # Errors
     /// Fails only on invalid settings (URL, TLS files), never because Redis is unreachable.
-    pub fn connect(config: &RedisConfig, keyspace: Keyspace) -> Result<Arc<Self>, BackendError> {
+    pub fn connect(
+        config: &RedisConfig,
+        keyspaces: Vec<Keyspace>,
+    ) -> Result<Arc<Self>, BackendError> {
         let conn = Conn::connect(config)?;
         let pool = conn.pool.clone();
         let txn = TxnConnection::new(txn::Target {
@@ -154,7 +159,7 @@ impl Redis {
             conn,
             txn,
             layout: Layout::new(config.key_buckets),
-            keyspace,
+            keyspaces: parking_lot::RwLock::new(keyspaces),
             scripts: Scripts::default(),
             outage: Outage::default(),
             reads: ReadCounts::default(),
@@ -224,7 +229,7 @@ impl Redis {
     /// Makes sure `key` is deleted from Redis before Redis serves reads again: a write answered by the
     /// memory tier during an outage (Redis may hold an older value under it).
     pub async fn remember_write(&self, key: &Key) {
-        let keys = self.layout.entry_keys(self.keyspace.base(), key);
+        let keys = self.layout.entry_keys(key.base(), key);
         self.remember_uncertain(keys.bucket, keys.entry, false)
             .await;
     }
@@ -301,12 +306,14 @@ impl Backend for Redis {
             self.stats.memory_bytes.store(used, Ordering::Relaxed);
         }
         let mut entries = 0u64;
-        for b in 0..self.layout.buckets() {
-            let prefix = self.layout.bucket_prefix(self.keyspace.base(), b);
-            for t in CacheType::ALL {
-                let index = self.layout.index_key(&prefix, &Dim::Type(t));
-                if let Ok(n) = self.call(self.fast().zcard::<u64, _>(index)).await {
-                    entries += n;
+        for keyspace in self.keyspaces() {
+            for b in 0..self.layout.buckets() {
+                let prefix = self.layout.bucket_prefix(keyspace.base(), b);
+                for t in CacheType::ALL {
+                    let index = self.layout.index_key(&prefix, &Dim::Type(t));
+                    if let Ok(n) = self.call(self.fast().zcard::<u64, _>(index)).await {
+                        entries += n;
+                    }
                 }
             }
         }
@@ -319,6 +326,10 @@ impl Backend for Redis {
 
     async fn warm_up(&self, within: Duration) {
         self.wait_up(within).await;
+    }
+
+    async fn add_keyspaces(&self, keyspaces: &[Keyspace]) -> Result<(), BackendError> {
+        self.verify_keyspaces(keyspaces).await
     }
 
     async fn close(&self) {

@@ -213,11 +213,7 @@ impl Redis {
                     return;
                 }
             }
-            if self
-                .delete_entries(bucket, vec![entry.clone()])
-                .await
-                .is_ok()
-            {
+            if self.delete_entries(vec![entry.clone()]).await.is_ok() {
                 return;
             }
         }
@@ -349,13 +345,8 @@ impl Redis {
         if batch.everything {
             return self.end_every_generation(None).await;
         }
-        let mut by_bucket: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
-        for (b, k) in &batch.keys {
-            by_bucket.entry(*b).or_default().push(k.clone());
-        }
-        for (b, keys) in by_bucket {
-            self.delete_entries(b, keys).await?;
-        }
+        let keys = batch.keys.iter().map(|(_, k)| k.clone()).collect();
+        self.delete_entries(keys).await?;
         tracing::info!(redis = %self.conn.target, deleted = batch.keys.len(), "deleted keys written with an unknown outcome during the outage");
         Ok(())
     }

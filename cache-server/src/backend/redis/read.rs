@@ -94,7 +94,7 @@ impl Redis {
             meta,
             blob,
             dims,
-        } = self.layout.entry_keys(self.keyspace.base(), key);
+        } = self.layout.entry_keys(key.base(), key);
         let meta_name = meta.clone();
         let mut read = Vec::with_capacity(2 + dims.len());
         read.push(entry);

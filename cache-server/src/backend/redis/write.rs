@@ -152,7 +152,7 @@ impl Redis {
         ttl: Duration,
         only_if_absent: bool,
     ) -> Result<bool, BackendError> {
-        let keys = self.layout.entry_keys(self.keyspace.base(), key);
+        let keys = self.layout.entry_keys(key.base(), key);
         let ttl_ms = ttl.as_millis().clamp(1, u128::from(MAX_TTL_MS)) as u64;
         let prune = self
             .writes
@@ -423,9 +423,7 @@ impl Redis {
             ttl_ms,
             prune,
         } = write;
-        let staging = self
-            .layout
-            .staging_key(&keys, self.keyspace.base(), version);
+        let staging = self.layout.staging_key(&keys, version);
         let len = envelope.len() as u64;
         let pointer = Pointer { version, len };
         let mut blob = Vec::with_capacity(envelope.len() + 8);

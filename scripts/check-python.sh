@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Python interop: generates a Python client from proto/ with grpcio-tools and runs tests/python/test_interop.py
 # against the release cache-server (Set / Get / Invalidate / Metrics, a 6 MiB value, the message-size options a
-# Python caller needs). Run by scripts/test like every scripts/check-*.sh.
+# Python caller needs), then tests/python/test_security.py (TLS + tokens with grpcio's ssl_channel_credentials and
+# access_token_call_credentials). Run by scripts/test like every scripts/check-*.sh.
 #
 # Usage: scripts/check-python.sh
 #   CACHE_SERVER_BIN   the server binary (default: ${CARGO_TARGET_DIR:-target}/release/cache-server; build it
@@ -29,4 +30,5 @@ if [[ ! -x "$CACHE_SERVER_BIN" ]]; then
     exit 2
 fi
 
-exec "$PYTHON" "$ROOT/tests/python/test_interop.py"
+"$PYTHON" "$ROOT/tests/python/test_interop.py"
+exec "$PYTHON" "$ROOT/tests/python/test_security.py"

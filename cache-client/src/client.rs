@@ -59,7 +59,8 @@ impl fmt::Debug for CacheClient {
     }
 }
 
-/// Adds `authorization` (when configured) to every call: the client side of the server's auth interceptor.
+/// Adds `authorization` (when configured) to every call: the client side of the server's tokens
+/// (`CACHE_AUTH_TOKENS_FILE`).
 #[derive(Debug, Clone)]
 pub(crate) struct Authorization(Option<AsciiMetadataValue>);
 

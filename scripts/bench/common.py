@@ -40,6 +40,18 @@ def die(msg, code=2):
     sys.exit(code)
 
 
+def wait_port(port, within=10.0):
+    """Waits until 127.0.0.1:port accepts connections."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    die(f"nothing listens on 127.0.0.1:{port} after {within:g} s")
+
+
 def free_port():
     """A loopback port nobody listens on right now; never 6379."""
     while True:

@@ -28,7 +28,7 @@ not written if the run found a correctness problem).
 
 Usage: scripts/bench-compare [--quick] [--no-floors] [--rounds N] [--duration S] [--grpc-rounds N]
                              [--grpc-duration S] [--json-out FILE] [--write-docs [FILE]]
-                             [--only redis,grpc,large,fill,startup] [--pairs memory,hybrid]
+                             [--only redis,grpc,large,fill,startup,security] [--pairs memory,hybrid]
 (--only and --pairs measure a part again while working on it; the full run is the one that counts.)
 Needs: cargo, redis-server, redis-cli, redis-benchmark (apt: redis-server redis-tools), h2load
 (apt: nghttp2-client), python3 >= 3.8. The machine is shared and noisy: read the ratios, not the absolutes.
@@ -112,6 +112,8 @@ def main():
             b.fill()
         if "startup" in args.only_set:
             b.startup()
+        if "security" in args.only_set:
+            b.security()
     finally:
         b.children.stop_all()
     load_at_end = os.getloadavg()[0]

@@ -65,8 +65,9 @@ def percentile(sorted_values, q):
     return sorted_values[i]
 
 
-def h2load(port, op, frame, seconds, warmup, tmp):
-    """One h2load run, CONNECTIONS x 1 in flight: rps, p50_ms, p99_ms, mbps and `problems` (a list)."""
+def h2load(port, op, frame, seconds, warmup, tmp, scheme="http", headers=()):
+    """One h2load run, CONNECTIONS x 1 in flight: rps, p50_ms, p99_ms, mbps and `problems` (a list). `scheme`
+    https speaks TLS (h2load does not verify the certificate); `headers` are added to every request."""
     log_path = os.path.join(tmp, "h2load-requests.tsv")
     if os.path.exists(log_path):
         os.remove(log_path)
@@ -74,7 +75,8 @@ def h2load(port, op, frame, seconds, warmup, tmp):
     out = run(["h2load", "-c", str(CONNECTIONS), "-m", "1", "-t", "2", "-D", f"{int(seconds * 1000)}ms",
                "--warm-up-time", f"{int(warmup * 1000)}ms", "-d", frame,
                "-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", log_path,
-               f"http://127.0.0.1:{port}/cache.v1.CacheService/{method}"],
+               *[a for h in headers for a in ("-H", h)],
+               f"{scheme}://127.0.0.1:{port}/cache.v1.CacheService/{method}"],
               timeout=seconds + warmup + 120).stdout.decode()
     result = {"rps": None, "failed": 0, "errored": 0, "timeout": 0, "total": 0, "data_bytes": 0}
     for line in out.splitlines():

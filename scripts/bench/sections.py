@@ -1,6 +1,7 @@
 """The measurements of bench-compare, one method per section, sharing one private Redis and one set of child
 processes. Each adds table rows, floors (name, passed, detail), correctness problems and raw results."""
 
+import os
 import time
 
 from . import common
@@ -10,7 +11,7 @@ from .h2load import CONNECTIONS, VALUE_SIZE, h2load, write_frames
 from .loadgen import BENCH_KEY_PREFIX
 from .report import med
 
-SECTIONS = ["redis", "grpc", "large", "fill", "startup"]
+SECTIONS = ["redis", "grpc", "large", "fill", "startup", "security"]
 
 # Floors (issue 6): 2-core machine, loopback, 1 KiB values, 50 connections x 1 in-flight call, cache hits.
 GET_FLOOR = 0.90
@@ -266,6 +267,51 @@ class Bench:
                    f"{raw['calls']}, errors={fill['errors'] or raw['errors'] or 'none'}")
         self.problems("memory read-after-write", raw, False)
         self.children.stop(proc)
+
+    # --- tokens and TLS on the Get path -------------------------------------------------------------------
+    def security(self):
+        """Memory-mode Get with h2load three ways, in alternating rounds: plaintext without a tokens file,
+        plaintext with a token, TLS with a token. Floor: TLS + token >= 0.8x plaintext."""
+        import hashlib
+        token = "bench-token-0123456789abcdef"
+        tmp = self.children.tmp
+        tokens = os.path.join(tmp, "bench-tokens.toml")
+        with open(tokens, "w") as f:
+            f.write(f'[[token]]\nname = "bench"\nsha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\n'
+                    f'tenant = "bench"\nscopes = ["read", "write"]\n')
+        os.chmod(tokens, 0o600)
+        cert, key = os.path.join(tmp, "bench-tls.pem"), os.path.join(tmp, "bench-tls.key")
+        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert], timeout=60)
+        auth = ("authorization: Bearer " + token,)
+        variants = {
+            "memory": ((), "http", ()),
+            "memory+token": (("--auth-tokens-file", tokens), "http", auth),
+            "memory+tls+token": (("--auth-tokens-file", tokens, "--tls-cert", cert, "--tls-key", key), "https", auth),
+        }
+        frames = write_frames(tmp)
+        ports = {}
+        for name, (extra, scheme, headers) in variants.items():
+            port = common.free_port()
+            argv = common.cache_server_argv(self.bins["cache-server"], "memory", port, extra=extra)
+            self.children.start(name, argv, env=common.server_env())
+            common.wait_port(port)
+            # The Gets read "bench-0": store it through the same path.
+            h2load(port, "set", frames["set"], 0.3, 0.1, tmp, scheme, headers)
+            ports[name] = (port, scheme, headers)
+        runs = {name: [] for name in variants}
+        for _ in range(self.grpc_rounds):
+            for name, (port, scheme, headers) in ports.items():
+                h = h2load(port, "get", frames["get"], self.grpc_seconds, self.grpc_warmup, tmp, scheme, headers)
+                self.correctness += [f"{name} h2load get: {p}" for p in h["problems"]]
+                runs[name].append(h)
+        for name, rs in runs.items():
+            self.rows.append(summarise(rs, target=name, tool="h2load", op="get", check="auth"))
+        ratio = med([t["rps"] / p["rps"] for t, p in zip(runs["memory+tls+token"], runs["memory"])])
+        token_ratio = med([t["rps"] / p["rps"] for t, p in zip(runs["memory+token"], runs["memory"])])
+        self.results["security"] = {"tls_token_vs_plain": ratio, "token_vs_plain": token_ratio}
+        self.floor("TLS + token Get >= 0.8x plaintext Get (memory, h2load)", ratio >= 0.8,
+                   f"{ratio:.2f}x (token alone {token_ratio:.2f}x)")
 
     # --- start to SERVING -----------------------------------------------------------------------------
     def startup(self):

@@ -232,3 +232,64 @@ async fn scrape_agrees_with_the_metrics_rpc_and_the_calls_made() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     server.shutdown().await;
 }
+
+/// `CACHE_METRICS_TLS=on`: the endpoint speaks TLS with the gRPC certificate (an HTTPS client trusting the CA
+/// scrapes it, Python's `urllib` here), and plaintext scrapes get nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_can_serve_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = cache_tests::Pki::make(dir.path(), "m");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(path("server.pem"), &pki.server.0).unwrap();
+    std::fs::write(path("server.key"), &pki.server.1).unwrap();
+    std::fs::write(path("ca.pem"), &pki.ca).unwrap();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let server = cache_tests::ServerProcess::start(
+        &[
+            ("CACHE_BACKEND", "memory"),
+            ("CACHE_TLS_CERT_FILE", &path("server.pem")),
+            ("CACHE_TLS_KEY_FILE", &path("server.key")),
+            ("CACHE_METRICS_TLS", "on"),
+            ("CACHE_METRICS_LISTEN", &metrics_addr),
+        ],
+        &[],
+    )
+    .await;
+    let script = r#"
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+print(urllib.request.urlopen(f"https://localhost:{sys.argv[2]}/metrics", context=ctx, timeout=5).read().decode())
+"#;
+    let port = metrics_addr.rsplit(':').next().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        let out = std::process::Command::new("python3")
+            .args(["-c", script, &path("ca.pem"), port])
+            .output()
+            .expect("python3 is needed: apt-get install python3");
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(body.contains("cache_auth_unauthenticated_total"), "{body}");
+    // Plaintext HTTP on the TLS endpoint: no metrics.
+    let plain = tokio::time::timeout(Duration::from_secs(3), async {
+        let mut stream = tokio::net::TcpStream::connect(&metrics_addr).await.unwrap();
+        let _ = stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).into_owned()
+    })
+    .await
+    .unwrap_or_default();
+    assert!(!plain.contains("cache_uptime_seconds"), "{plain}");
+}

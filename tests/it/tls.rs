@@ -137,3 +137,170 @@ async fn a_rotated_certificate_is_used_without_dropping_open_connections() {
         "the reload is logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_stands_for_a_token_of_the_tokens_file() {
+    use cache_tests::{Token, bearer, tokens_toml, write_atomically};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::make(dir.path(), "id");
+    install(dir.path(), &pki);
+    std::fs::write(dir.path().join("clients-ca.pem"), &pki.ca).unwrap();
+    let tokens = tokens_toml(&[
+        Token {
+            name: "exporter",
+            token: None,
+            subject: Some("CN = client"),
+            tenant: "c",
+            scopes: &["read", "write"],
+        },
+        Token::bearer("c-reader", "c-reader-token-1", "c", &["read"]),
+        Token::bearer("d-reader", "d-reader-token-2", "d", &["read"]),
+    ]);
+    write_atomically(&dir.path().join("tokens.toml"), &tokens);
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let server = ServerProcess::start(
+        &[
+            ("CACHE_BACKEND", "memory"),
+            ("CACHE_TLS_CERT_FILE", &path("server.pem")),
+            ("CACHE_TLS_KEY_FILE", &path("server.key")),
+            ("CACHE_TLS_CLIENT_CA_FILE", &path("clients-ca.pem")),
+            ("CACHE_AUTH_TOKENS_FILE", &path("tokens.toml")),
+        ],
+        &[],
+    )
+    .await;
+    let mut client = tls_client(server.addr(), &pki.ca, Some((&pki.client.0, &pki.client.1)))
+        .await
+        .unwrap();
+    // The certificate alone: tenant c, read and write.
+    works(&mut client, "by-cert")
+        .await
+        .expect("the certificate stands for a token");
+    let denied = client.metrics(pb::MetricsRequest {}).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let k = key(pb::CacheType::Metadata, "by-cert");
+    let seen = |token: &'static str| {
+        let mut client = client.clone();
+        let k = k.clone();
+        async move {
+            client
+                .get(bearer(get_req(k), token))
+                .await
+                .unwrap()
+                .into_inner()
+                .found
+        }
+    };
+    assert!(
+        seen("c-reader-token-1").await,
+        "tenant c sees the certificate's entry"
+    );
+    assert!(!seen("d-reader-token-2").await, "tenant d does not");
+    // A token that is not valid is refused even over the known certificate.
+    let refused = client
+        .get(bearer(get_req(k.clone()), "unknown"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+}
+
+/// Rotation of the certificate and of the tokens under load: clients trusting both CAs make a new connection
+/// every 20 calls while the server's certificate is replaced and the tokens file rewritten; 0 calls fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_and_token_rotation_under_load_fail_no_call() {
+    use cache_tests::{Token, bearer, tokens_toml, write_atomically};
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (Pki::make(dir.path(), "old"), Pki::make(dir.path(), "new"));
+    install(dir.path(), &old);
+    let tokens_file = dir.path().join("tokens.toml");
+    let generation = |n: usize| {
+        let extra = format!("extra-token-{n}");
+        let name = format!("extra-{n}");
+        let all: &[&str] = &["read", "write"];
+        tokens_toml(&[
+            Token::bearer("load", "load-token-5e1", "t", all),
+            Token::bearer(&name, &extra, "t", all),
+        ])
+    };
+    write_atomically(&tokens_file, &generation(0));
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let server = ServerProcess::start(
+        &[
+            ("CACHE_BACKEND", "memory"),
+            ("CACHE_TLS_CERT_FILE", &path("server.pem")),
+            ("CACHE_TLS_KEY_FILE", &path("server.key")),
+            ("CACHE_AUTH_TOKENS_FILE", &path("tokens.toml")),
+        ],
+        &[],
+    )
+    .await;
+    let mut both = old.ca.clone();
+    both.extend_from_slice(&new.ca);
+    let addr = server.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (both, stop) = (both.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut calls, mut failures) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut client = match tls_client(addr, &both, None).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failures.push(format!("connect: {e}"));
+                        continue;
+                    }
+                };
+                for i in 0..20 {
+                    let k = key(pb::CacheType::Metadata, &format!("w{w}-{i}"));
+                    calls += 2;
+                    if let Err(s) = client
+                        .set(bearer(set_req(k.clone(), &b"v"[..]), "load-token-5e1"))
+                        .await
+                    {
+                        failures.push(format!("set: {s:?}"));
+                    }
+                    if let Err(s) = client.get(bearer(get_req(k), "load-token-5e1")).await {
+                        failures.push(format!("get: {s:?}"));
+                    }
+                }
+            }
+            (calls, failures)
+        }));
+    }
+    for n in 1..=6 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        install(dir.path(), if n % 2 == 1 { &new } else { &old });
+        write_atomically(&tokens_file, &generation(n));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut calls, mut failures) = (0, Vec::new());
+    for w in workers {
+        let (c, f) = w.await.unwrap();
+        calls += c;
+        failures.extend(f);
+    }
+    eprintln!(
+        "rotation under load: {calls} calls, {} failed",
+        failures.len()
+    );
+    assert!(calls > 500, "too little load: {calls}");
+    assert!(failures.is_empty(), "{failures:?}");
+    // Both rotations happened.
+    let log = server.log();
+    assert!(log.contains("TLS files changed"), "{log}");
+    assert!(log.contains("tokens file loaded again"), "{log}");
+    // The last generation's extra token works, an older one does not.
+    let mut client = tls_client(addr, &both, None).await.unwrap();
+    let k = key(pb::CacheType::Metadata, "w0-0");
+    client
+        .get(bearer(get_req(k.clone()), "extra-token-6"))
+        .await
+        .unwrap();
+    let old_token = client
+        .get(bearer(get_req(k), "extra-token-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(old_token.code(), tonic::Code::Unauthenticated);
+}

@@ -20,6 +20,7 @@ mod redis;
 mod requests;
 pub mod sentinel;
 mod server;
+mod tokens;
 mod trace;
 
 pub use fault_proxy::{FaultProxy, Mode};
@@ -38,6 +39,7 @@ pub use requests::{
 };
 pub use sentinel::Sentinel;
 pub use server::{TestServer, connect_channel, connect_client, memory_config, redis_config};
+pub use tokens::{Token, bearer, sha256_hex, tokens_toml, write_atomically};
 pub use trace::trace_init;
 
 /// Largest gRPC message the test clients send or accept (above the server's 64 MiB default value limit).

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use subtle::ConstantTimeEq as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
@@ -63,13 +62,21 @@ impl Caller {
     }
 }
 
-/// The caller of one call: borrowed when it is the open caller (no reference count on the call path).
-#[derive(Debug)]
+/// The caller of one call, borrowed: the open caller, or an entry of the token set the call was checked
+/// against (held by an `arc-swap` guard: no reference count is touched on the call path).
 pub enum CallerRef<'a> {
     /// The open caller (no tokens file).
     Open(&'a Caller),
-    /// A token's caller.
-    Token(Arc<Caller>),
+    /// The `i`th digest's caller.
+    Digest(arc_swap::Guard<Arc<TokenSet>>, usize),
+    /// The `i`th subject's caller.
+    Subject(arc_swap::Guard<Arc<TokenSet>>, usize),
+}
+
+impl std::fmt::Debug for CallerRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
 }
 
 impl std::ops::Deref for CallerRef<'_> {
@@ -77,14 +84,15 @@ impl std::ops::Deref for CallerRef<'_> {
     fn deref(&self) -> &Caller {
         match self {
             CallerRef::Open(c) => c,
-            CallerRef::Token(c) => c,
+            CallerRef::Digest(set, i) => &set.digests[*i].1,
+            CallerRef::Subject(set, i) => &set.subjects[*i].1,
         }
     }
 }
 
 /// The credentials in use.
 #[derive(Debug, Default)]
-struct TokenSet {
+pub struct TokenSet {
     digests: Vec<([u8; 32], Arc<Caller>)>,
     subjects: Vec<(String, Arc<Caller>)>,
 }
@@ -200,28 +208,35 @@ impl Auth {
             Some(value) => match bearer(value.as_bytes()) {
                 Some(token) => {
                     let digest = ring::digest::digest(&ring::digest::SHA256, token);
+                    let digest: &[u8; 32] =
+                        digest.as_ref().try_into().expect("SHA-256 is 32 bytes");
                     // Every digest is compared, each in constant time.
                     let mut found = None;
-                    for (d, caller) in &set.digests {
-                        if bool::from(d.as_slice().ct_eq(digest.as_ref())) {
-                            found = Some(caller);
+                    for (i, (d, _)) in set.digests.iter().enumerate() {
+                        if constant_time_eq(d, digest) {
+                            found = Some(i);
                         }
                     }
-                    found.ok_or(CacheError::Unauthenticated("the bearer token is not valid"))
+                    match found {
+                        Some(i) => Ok(CallerRef::Digest(set, i)),
+                        None => Err(CacheError::Unauthenticated("the bearer token is not valid")),
+                    }
                 }
                 None => Err(CacheError::Unauthenticated(
                     "the authorization header must be `Bearer <token>`",
                 )),
             },
-            None => peer_subject
-                .and_then(|s| set.subjects.iter().find(|(subject, _)| subject == s))
-                .map(|(_, caller)| caller)
-                .ok_or(CacheError::Unauthenticated(
+            None => match peer_subject
+                .and_then(|s| set.subjects.iter().position(|(subject, _)| subject == s))
+            {
+                Some(i) => Ok(CallerRef::Subject(set, i)),
+                None => Err(CacheError::Unauthenticated(
                     "this server needs credentials: send `authorization: Bearer <token>`",
                 )),
+            },
         };
         match found {
-            Ok(caller) => Ok(CallerRef::Token(caller.clone())),
+            Ok(caller) => Ok(caller),
             Err(e) => {
                 self.unauthenticated.fetch_add(1, Ordering::Relaxed);
                 Err(e)
@@ -298,6 +313,16 @@ impl Auth {
             }
         }
     }
+}
+
+/// Whether two digests are equal, in time independent of where they differ: the words' differences are
+/// or-ed together, and the compiler cannot see through the result to stop early.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let word = |d: &[u8; 32], i: usize| {
+        u64::from_ne_bytes(d[8 * i..8 * i + 8].try_into().expect("8 bytes"))
+    };
+    let diff = (0..4).fold(0u64, |acc, i| acc | (word(a, i) ^ word(b, i)));
+    std::hint::black_box(diff) == 0
 }
 
 /// The token of an `authorization: Bearer <token>` value (the scheme in any case).

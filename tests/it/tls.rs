@@ -74,6 +74,22 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_of_the_ca() {
         Err(_) => false,
     };
     assert!(!anonymous, "a client without a certificate was served");
+    // With a certificate of another CA: refused too.
+    let stranger = Pki::make(dir.path(), "stranger");
+    let wrong = match tls_client(
+        server.addr(),
+        &pki.ca,
+        Some((&stranger.client.0, &stranger.client.1)),
+    )
+    .await
+    {
+        Ok(mut c) => works(&mut c, "w").await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(
+        !wrong,
+        "a client with a certificate of another CA was served"
+    );
     // In plaintext: refused.
     let plain = tokio::time::timeout(Duration::from_secs(3), async {
         let mut c = cache_tests::connect_client(server.addr()).await;

@@ -225,6 +225,8 @@ def baseline_argv(binary, mode, port, redis_port=None, value_size=1024):
     """The bare tonic servers of tests/src/bin/baseline.rs: `constant` answers a constant value, `fred`
     passes Get/Set through to Redis."""
     argv = [binary, "--mode", mode, "--listen", f"127.0.0.1:{port}"]
+    if mode == "plain":
+        return argv
     if mode == "constant":
         return argv + ["--value-size", str(value_size)]
     return argv + ["--redis-url", redis_url(redis_port)]

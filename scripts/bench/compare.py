@@ -28,7 +28,7 @@ not written if the run found a correctness problem).
 
 Usage: scripts/bench-compare [--quick] [--no-floors] [--rounds N] [--duration S] [--grpc-rounds N]
                              [--grpc-duration S] [--json-out FILE] [--write-docs [FILE]]
-                             [--only redis,grpc,large,fill,startup,security] [--pairs memory,hybrid]
+                             [--only redis,grpc,plain,batch,large,fill,startup,security] [--pairs memory,hybrid]
 (--only and --pairs measure a part again while working on it; the full run is the one that counts.)
 Needs: cargo, redis-server, redis-cli, redis-benchmark (apt: redis-server redis-tools), h2load
 (apt: nghttp2-client), python3 >= 3.8. The machine is shared and noisy: read the ratios, not the absolutes.
@@ -106,6 +106,10 @@ def main():
             b.redis_benchmark()
         if "grpc" in args.only_set:
             b.grpc(targets)
+        if "plain" in args.only_set:
+            b.plain()
+        if "batch" in args.only_set:
+            b.batch()
         if "large" in args.only_set:
             b.large_values()
         if "fill" in args.only_set:

@@ -11,7 +11,7 @@ from .h2load import CONNECTIONS, VALUE_SIZE, h2load, write_frames
 from .loadgen import BENCH_KEY_PREFIX
 from .report import med
 
-SECTIONS = ["redis", "grpc", "large", "fill", "startup", "security"]
+SECTIONS = ["redis", "grpc", "plain", "batch", "large", "fill", "startup", "security"]
 
 # Floors (issue 6): 2-core machine, loopback, 1 KiB values, 50 connections x 1 in-flight call, cache hits.
 GET_FLOOR = 0.90
@@ -108,7 +108,7 @@ class Bench:
         die(f"{name} did not become SERVING:\n{last}")
 
     def server_argv(self, target, port, extra=()):
-        if target in ("constant", "fred"):
+        if target in ("constant", "fred", "plain"):
             return common.baseline_argv(self.bins["baseline"], target, port, self.redis_port, VALUE_SIZE)
         return common.cache_server_argv(self.bins["cache-server"], target, port, self.redis_port, extra=extra)
 
@@ -267,6 +267,77 @@ class Bench:
                    f"{raw['calls']}, errors={fill['errors'] or raw['errors'] or 'none'}")
         self.problems("memory read-after-write", raw, False)
         self.children.stop(proc)
+
+    # --- against the plainest tonic server ------------------------------------------------------------
+    def plain(self):
+        """Memory-mode Get and Set against `baseline --mode plain` (tonic with default settings, a prebuilt
+        GetResponse of the same encoded size as cache-server's 1 KiB hit), h2load, paired alternating rounds.
+        Floors (issue: per-call overhead): Get >= 0.95x, p99 <= 1.2x."""
+        frames = write_frames(self.children.tmp)
+        ports = {}
+        for target in ("plain", "memory"):
+            ports[target], _ = self.start_server(f"{target}-vs-plain", target)
+            h2load(ports[target], "set", frames["set"], 0.3, 0.1, self.children.tmp)
+        for op in ("get", "set"):
+            samples, ratios = {"plain": [], "memory": []}, []
+            for r in range(self.grpc_rounds):
+                order = ("plain", "memory") if r % 2 == 0 else ("memory", "plain")
+                got = {}
+                for name in order:
+                    got[name] = h2load(ports[name], op, frames[op], self.grpc_seconds, self.grpc_warmup,
+                                       self.children.tmp)
+                    self.correctness += [f"{name} h2load {op} (vs plain): {p}" for p in got[name]["problems"]]
+                    samples[name].append(got[name])
+                ratios.append((got["memory"]["rps"] / got["plain"]["rps"],
+                               got["memory"]["p99_ms"] / got["plain"]["p99_ms"]))
+            thr, p99 = med([x[0] for x in ratios]), med([x[1] for x in ratios])
+            base = summarise(samples["plain"], target="plain", tool="h2load", op=op, check="plain baseline")
+            base["thr_ratio_text"], base["p99_ratio_text"] = "1.00", "1.00"
+            row = summarise(samples["memory"], target="memory vs plain", tool="h2load", op=op)
+            row["thr_ratio_text"], row["p99_ratio_text"] = f"{thr:.2f}", f"{p99:.2f}"
+            if op == "get":
+                ok = thr >= 0.95 and p99 <= 1.2
+                row["check"] = f"{'ok' if ok else 'MISS'} (>= 0.95x, p99 <= 1.2x)"
+                self.floor("memory get vs plain tonic (h2load): throughput >= 0.95x", thr >= 0.95,
+                           f"{thr:.2f}x, median of {len(ratios)} paired rounds")
+                self.floor("memory get vs plain tonic (h2load): p99 <= 1.2x", p99 <= 1.2, f"{p99:.2f}x")
+            else:
+                row["check"] = "reference (plain Set stores nothing)"
+            self.rows += [base, row]
+            self.results[f"plain_{op}"] = {"thr_ratio": thr, "p99_ratio": p99}
+        for target in ("plain", "memory"):
+            self.children.stop(self.children.find(f"{target}-vs-plain"))
+
+    # --- batches --------------------------------------------------------------------------------------
+    def batch(self):
+        """Hybrid GetMany / SetMany of 100 keys against single Gets / Sets, keys per second, with the load
+        generator (50 connections x 1 in flight, 1 KiB values). Floors: GetMany >= 15x, SetMany >= 10x."""
+        port, _ = self.start_server("hybrid-batch", "hybrid")
+        self.problems("hybrid-batch prefill", self.loadgen.prefill(port), False)
+        keys_per_s = {}
+        for op in ("get", "set"):
+            for batch in (1, 100):
+                runs = []
+                for _ in range(self.rounds):
+                    report = self.loadgen.run(port, [
+                        "--connections", str(CONNECTIONS), "--concurrency", "1", "--duration", f"{self.seconds}s",
+                        "--warmup", f"{self.warmup}s", "--mix", f"{op}=100", "--keys", "1000",
+                        "--key-prefix", BENCH_KEY_PREFIX, "--value-size", str(VALUE_SIZE),
+                        "--batch", str(batch)])
+                    self.problems(f"hybrid {op} batch {batch}", report, op == "get")
+                    runs.append(lg.row(report))
+                row = summarise(runs, target=f"hybrid x{batch}", tool="loadgen",
+                                op=("getmany" if op == "get" else "setmany") if batch > 1 else op,
+                                check=f"{batch} keys per call")
+                keys_per_s[(op, batch)] = row["rps"] * batch
+                self.rows.append(row)
+        for op, floor in (("get", 15.0), ("set", 10.0)):
+            gain = keys_per_s[(op, 100)] / keys_per_s[(op, 1)]
+            self.results[f"batch_{op}_gain"] = gain
+            name = "GetMany" if op == "get" else "SetMany"
+            self.floor(f"hybrid {name}(100) keys/s >= {floor:.0f}x single {op.title()}s", gain >= floor,
+                       f"{gain:.1f}x ({keys_per_s[(op, 100)]:,.0f} vs {keys_per_s[(op, 1)]:,.0f} keys/s)")
+        self.children.stop(self.children.find("hybrid-batch"))
 
     # --- tokens and TLS on the Get path -------------------------------------------------------------------
     def security(self):

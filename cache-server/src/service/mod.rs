@@ -229,10 +229,20 @@ impl Inner {
                     .map_err(|e| e.within(&format!("requests[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut responses = Vec::with_capacity(plans.len());
-        for plan in plans {
-            responses.push(self.set(plan).await?);
-        }
+        // Distinct keys are stored concurrently, so the Redis tier writes them in few transactions (its Set
+        // coalescer); a key named twice keeps the request's order (the last value wins), so then one by one.
+        // The values' budget is bounded by the message size, which the in-flight budget always holds twice.
+        let mut seen = std::collections::HashSet::with_capacity(plans.len());
+        let distinct = plans.iter().all(|p| seen.insert(p.key.storage_key.clone()));
+        let responses = if distinct {
+            futures::future::try_join_all(plans.into_iter().map(|plan| self.set(plan))).await?
+        } else {
+            let mut responses = Vec::with_capacity(plans.len());
+            for plan in plans {
+                responses.push(self.set(plan).await?);
+            }
+            responses
+        };
         Ok(pb::SetManyResponse { responses })
     }
 }

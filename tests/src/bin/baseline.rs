@@ -7,8 +7,13 @@
 //! - `--mode fred`: Get is one fred `GET`, Set one fred `SET` of the request's value, on the key
 //!   `baseline:<CacheKey.id>`, over a fred pool of `--redis-pool-size` connections (the server's default, 4).
 //!   The ceiling for `cache-server --backend hybrid`.
+//! - `--mode plain`: the plainest tonic server there is — `Server::builder()` with its defaults (none of
+//!   cache-server's transport settings), no layers — answering every Get with one prebuilt `GetResponse` of
+//!   `--reply-bytes` encoded bytes (by default 1,137, what cache-server answers for a 1 KiB hit with its entry
+//!   metadata), so the bytes on the wire match; Set answers `stored = true`. What a user would write as the
+//!   fastest possible gRPC answer: the reference of per-call overhead.
 //!
-//! Both also serve `grpc.health.v1` (cache.v1.CacheService SERVING), so the same readiness poll works.
+//! All also serve `grpc.health.v1` (cache.v1.CacheService SERVING), so the same readiness poll works.
 //!
 //! ```text
 //! cargo run --release -p cache-tests --bin baseline -- --mode fred --listen 127.0.0.1:50061 \
@@ -49,12 +54,34 @@ struct Args {
     /// Size of the constant value Get answers with (constant mode).
     #[arg(long, default_value_t = 1024)]
     value_size: usize,
+    /// Encoded size of the prebuilt GetResponse (plain mode).
+    #[arg(long, default_value_t = 1137)]
+    reply_bytes: usize,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Mode {
     Constant,
     Fred,
+    Plain,
+}
+
+/// A `GetResponse { found: true, value }` whose encoding is `bytes` long (at least 5).
+fn reply_of(bytes: usize) -> pb::GetResponse {
+    use prost::Message as _;
+    let mut len = bytes.saturating_sub(5);
+    loop {
+        let reply = pb::GetResponse {
+            found: true,
+            value: Bytes::from(vec![b'x'; len]),
+            entry: None,
+        };
+        match reply.encoded_len().cmp(&bytes) {
+            std::cmp::Ordering::Greater if len > 0 => len -= 1,
+            std::cmp::Ordering::Less => len += 1,
+            _ => return reply,
+        }
+    }
 }
 
 /// What a baseline does behind Get and Set.
@@ -62,6 +89,7 @@ enum Mode {
 enum Baseline {
     Constant(Bytes),
     Fred(Pool),
+    Plain(Box<pb::GetResponse>),
 }
 
 fn storage_key(key: Option<&pb::CacheKey>) -> Result<String, Status> {
@@ -82,6 +110,7 @@ impl CacheService for Baseline {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
         let value = match self {
+            Baseline::Plain(reply) => return Ok(Response::new((**reply).clone())),
             Baseline::Constant(value) => Some(value.clone()),
             Baseline::Fred(pool) => {
                 let key = storage_key(request.get_ref().key.as_ref())?;
@@ -155,6 +184,7 @@ impl CacheService for Baseline {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let baseline = match args.mode {
+        Mode::Plain => Baseline::Plain(Box::new(reply_of(args.reply_bytes))),
         Mode::Constant => Baseline::Constant(Bytes::from(vec![b'x'; args.value_size])),
         Mode::Fred => {
             let config = Config::from_url(&args.redis_url).context("invalid --redis-url")?;
@@ -166,6 +196,19 @@ async fn main() -> anyhow::Result<()> {
             Baseline::Fred(pool)
         }
     };
+    if args.mode == Mode::Plain {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<CacheServiceServer<Baseline>>().await;
+        // Every builder setting at its default, no message limits, no layers.
+        Server::builder()
+            .add_service(health_service)
+            .add_service(CacheServiceServer::new(baseline))
+            .serve_with_shutdown(args.listen, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        return Ok(());
+    }
     let service = CacheServiceServer::new(baseline)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

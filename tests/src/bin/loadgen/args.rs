@@ -88,6 +88,10 @@ pub(crate) struct Args {
     /// Worker threads of the client runtime (default: one per core).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
+    /// Keys per call: above 1, a Get is a GetMany and a Set a SetMany of this many consecutive keys (one call
+    /// in the report; keys/s = calls/s x batch).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) batch: u64,
     /// Random seed (keys, sizes, operations).
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
@@ -104,6 +108,9 @@ impl Args {
         }
         if self.keys == 0 {
             bail!("--keys must be at least 1");
+        }
+        if !(1..=1000).contains(&self.batch) {
+            bail!("--batch must be between 1 and 1000 (the server's batch limit)");
         }
         if self.mix.weights[Op::Set.index()] > 0 || self.prefill {
             let max = self.value_size.max();

@@ -25,6 +25,8 @@ pub(crate) struct Plan {
     pub(crate) ttl_seconds: u32,
     pub(crate) expect_size: Option<u64>,
     pub(crate) read_after_write: bool,
+    /// Keys per call (GetMany / SetMany above 1).
+    pub(crate) batch: u64,
     /// Measurement starts here (after the warm-up).
     pub(crate) measure_from: Instant,
     /// Measurement ends here (duration runs).
@@ -57,6 +59,7 @@ impl Plan {
             ttl_seconds: args.ttl_seconds,
             expect_size: args.expect_size(),
             read_after_write: args.read_after_write,
+            batch: args.batch,
             measure_from: Instant::now(),
             deadline: None,
             remaining: None,
@@ -88,6 +91,7 @@ impl Plan {
             ttl_seconds: self.ttl_seconds,
             expect_size: self.expect_size,
             read_after_write: false,
+            batch: 1,
             measure_from: self.measure_from,
             deadline: None,
             remaining: None,

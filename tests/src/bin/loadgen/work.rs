@@ -126,6 +126,48 @@ async fn call(
     rng: &mut SmallRng,
 ) -> Result<Outcome, tonic::Status> {
     match op {
+        Op::Get if plan.batch > 1 => {
+            let requests = (0..plan.batch)
+                .map(|i| pb::GetRequest {
+                    key: Some(plan.cache_key((index + i) % plan.key_count)),
+                    ..Default::default()
+                })
+                .collect();
+            let response = client
+                .get_many(pb::GetManyRequest { requests })
+                .await?
+                .into_inner();
+            let found = response.responses.iter().all(|r| r.found);
+            let wrong_size = response
+                .responses
+                .iter()
+                .any(|r| r.found && plan.expect_size.is_some_and(|n| n != r.value.len() as u64));
+            Ok(Outcome {
+                payload_bytes: response
+                    .responses
+                    .iter()
+                    .map(|r| r.value.len() as u64)
+                    .sum(),
+                found: Some(found),
+                wrong_size,
+                ..Outcome::default()
+            })
+        }
+        Op::Set if plan.batch > 1 => {
+            let requests: Vec<pb::SetRequest> = (0..plan.batch)
+                .map(|i| plan.set_request((index + i) % plan.key_count, rng))
+                .collect();
+            let len = requests.iter().map(|r| r.value.len() as u64).sum();
+            let response = client
+                .set_many(pb::SetManyRequest { requests })
+                .await?
+                .into_inner();
+            Ok(Outcome {
+                payload_bytes: len,
+                not_stored: response.responses.iter().any(|r| !r.stored),
+                ..Outcome::default()
+            })
+        }
         Op::Get => {
             let request = pb::GetRequest {
                 key: Some(plan.cache_key(index)),
